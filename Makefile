@@ -1,0 +1,51 @@
+# sqvae-speech: the two set-up commands are `make demo` and `make test`.
+# Everything is created here: the virtual environment, the package install and
+# the embedded corpus. A second run reuses what exists.
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+CORPUS     := recipes/fishfillets/download
+CORPUS_OK  := $(CORPUS)/.done
+NJ         ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: all install demo test lint bench corpus clean help
+
+help:
+	@echo "make demo    run the embedded Fish Fillets recipe end to end (creates .venv)"
+	@echo "make test    install test extras, fetch the embedded corpus, run the test suite"
+	@echo "make bench   run the benchmarks (side-by-side ratios, bench/results.json)"
+	@echo "make lint    ruff"
+
+$(PY):
+	$(PYTHON_SYS) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py constraints.txt
+	$(PY) -m pip install -q --upgrade "pip>=23.2"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -c "import torch, librosa, soundfile, pyworld, accelerate; print('installed: torch', torch.__version__, '| librosa', librosa.__version__)"
+	touch $@
+
+install: $(STAMP)
+
+$(CORPUS_OK):
+	bash recipes/fishfillets/local/download.sh $(CORPUS)
+
+corpus: $(CORPUS_OK)
+
+demo: install
+	cd recipes/fishfillets && ./run.sh --nj $(NJ)
+
+test: install corpus
+	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) $(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: install
+	$(VENV)/bin/ruff check sqvae_speech tests bench
+
+bench: install corpus
+	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

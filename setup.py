@@ -1,0 +1,32 @@
+"""Package metadata for sqvae-speech."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sqvae-speech",
+    version="0.1.0",
+    description="Stochastically quantized VAEs (SQ-VAE) for speech representation learning",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sqvae_speech", "sqvae_speech.*"]),
+    install_requires=[
+        "torch>=2.2,<3",
+        "numpy>=1.24,<3",
+        "scipy>=1.10,<2",
+        "librosa>=0.10,<0.12",
+        "soundfile>=0.12,<1",
+        "soxr>=0.3,<2",
+        "pyworld-prebuilt>=0.3.4,<0.4",
+        "accelerate>=0.30,<2",
+        "tqdm>=4.60,<5",
+        "tensorboard>=2.12,<3",
+        "matplotlib>=3.7,<4",
+        "PyYAML>=6,<7",
+    ],
+    extras_require={"test": ["pytest>=7,<10", "ruff>=0.4,<1"]},
+    entry_points={"console_scripts": ["sqvae-speech=sqvae_speech.cli:main"]},
+)

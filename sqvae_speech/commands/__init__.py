@@ -1,0 +1,1 @@
+"""Small CLI commands that glue library functions together."""

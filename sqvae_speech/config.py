@@ -1,0 +1,250 @@
+"""Configuration dataclasses. YAML is only storage: every config is a dataclass whose
+field names equal the constructor arguments of the part it builds, and unknown keys are
+an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class ConfigBase:
+    """Mixin: ``to_dict`` / ``from_dict`` with strict key checking and nested dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+        data = dict(data or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(
+                f"{prefix}unknown config key(s) {', '.join(unknown)} in section "
+                f"'{cls.__name__}'; valid keys: {', '.join(sorted(fields))}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in data.items():
+            sub = _dataclass_of(hints[name])
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value, where=f"{where}{'.' if where else ''}{name}")
+            elif isinstance(value, list) and _is_tuple(hints[name]):
+                value = tuple(value)
+            kwargs[name] = value
+        obj = cls(**kwargs)
+        validate = getattr(obj, "validate", None)
+        if validate is not None:
+            validate()
+        return obj
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _dataclass_of(hint: Any) -> Any:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    return None
+
+
+def _is_tuple(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(hint))
+    return origin is tuple or hint is tuple
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig(ConfigBase):
+    """Log-mel features of the reference protocol (PROTOCOL.md, "Speech features")."""
+
+    sample_rate: int = 16000
+    n_fft: int = 2048
+    hop_length: int = 160
+    win_length: int = 400
+    n_mels: int = 80
+    fmin: float = 50.0
+    fmax: float | None = None  # None: sample_rate / 2
+    preemph: float = 0.97
+    top_db: float = 80.0
+    amin: float = 1e-5
+    peak: float = 0.999
+    pad_mode: str = "reflect"
+
+    def validate(self) -> None:
+        _check(self.sample_rate > 0, f"features.sample_rate must be > 0, got {self.sample_rate}")
+        _check(0 < self.win_length <= self.n_fft, "features.win_length must be in (0, n_fft]")
+        _check(self.hop_length > 0, f"features.hop_length must be > 0, got {self.hop_length}")
+        _check(self.n_mels > 0, f"features.n_mels must be > 0, got {self.n_mels}")
+        _check(self.top_db > 0, f"features.top_db must be > 0, got {self.top_db}")
+        _check(self.pad_mode in ("reflect", "constant"), "features.pad_mode: reflect or constant")
+
+
+VARIANTS = ("gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vqvae_ema")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig(ConfigBase):
+    channels: int = 768
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(ConfigBase):
+    speaker_embedding_dim: int = 64
+    hidden_size: int = 128
+    num_layers: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig(ConfigBase):
+    num_embeddings: int = 512
+    embedding_dim: int = 64
+    # Gaussian SQ: learned scalar added to the log-variance (speech: log space), init log 10.
+    init_log_var: float = math.log(10.0)
+    # VQ-VAE with EMA (baseline).
+    ema_decay: float = 0.999
+    ema_epsilon: float = 1e-5
+    commitment_cost: float = 0.25
+    reset_unused: bool = False
+
+    def validate(self) -> None:
+        _check(self.num_embeddings >= 2, f"quantizer.num_embeddings (K) must be >= 2, got {self.num_embeddings}")
+        _check(self.embedding_dim >= 1, f"quantizer.embedding_dim must be >= 1, got {self.embedding_dim}")
+        _check(0 < self.ema_decay < 1, f"quantizer.ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    variant: str = "gaussian_4"
+    n_mels: int = 80
+    jitter: float = 0.5
+    # Reconstruction term: "arelbo" (0.5 * D_x * log MSE), "learned" (learned decoder
+    # variance) or "mse" (plain MSE, the VQ-VAE baseline of bshall/ZeroSpeech).
+    recon: str = "auto"  # auto: arelbo for Gaussian SQ, mse for vqvae_ema
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
+    decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    # Speaker ids seen in training, in embedding order (filled in by `train`).
+    speakers: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _check(self.variant in VARIANTS, f"model.variant '{self.variant}' unknown; choose one of {', '.join(VARIANTS)}")
+        _check(self.recon in ("auto", "arelbo", "learned", "mse"), "model.recon: auto, arelbo, learned or mse")
+        _check(0.0 <= self.jitter < 1.0, f"model.jitter must be in [0, 1), got {self.jitter}")
+
+    @property
+    def recon_kind(self) -> str:
+        if self.recon != "auto":
+            return self.recon
+        return "mse" if self.variant == "vqvae_ema" else "arelbo"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    steps: int = 500_000
+    batching: str = "crops"  # "crops" (paper) or "utterances" (whole, bucketed)
+    batch_size: int = 52
+    crop_frames: int = 32  # latent-rate crops are crop_frames/2; +2 context frames
+    max_frames: int = 4000  # utterances mode: frames per batch (sum of lengths)
+    max_utterance_frames: int = 1500  # utterances mode: longer ones are cropped
+    lr: float = 4e-4
+    milestones: tuple[int, ...] = (300_000, 400_000)
+    gamma: float = 0.5
+    grad_clip: float = 1.0
+    temperature_init: float = 1.0
+    temperature_decay: float = 1e-5
+    temperature_min: float = 0.0
+    mixed_precision: str = "no"
+    num_workers: int = 2
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    seed: int = 1234
+
+    def validate(self) -> None:
+        _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
+        _check(self.batching in ("crops", "utterances"), f"train.batching must be crops or utterances, got '{self.batching}'")
+        _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
+        _check(self.crop_frames >= 2 and self.crop_frames % 2 == 0, f"train.crop_frames must be even and >= 2, got {self.crop_frames}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision: no, fp16 or bf16")
+        _check(self.checkpoint_every > 0, "train.checkpoint_every must be > 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        _check(self.grad_clip > 0, "train.grad_clip must be > 0")
+
+    def temperature(self, step: int) -> float:
+        """tau = init * exp(-decay * step), clamped at ``temperature_min``."""
+        return max(self.temperature_min, self.temperature_init * math.exp(-self.temperature_decay * step))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(ConfigBase):
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def dump_yaml(obj: ConfigBase) -> str:
+    """YAML text of a config (tuples written as lists)."""
+    return yaml.safe_dump(_plain(obj.to_dict()), sort_keys=False)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a config mapping."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return data

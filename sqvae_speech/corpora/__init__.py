@@ -1,0 +1,1 @@
+"""Corpus preparation: one module per corpus, each writing Kaldi-style data dirs."""

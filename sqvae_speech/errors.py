@@ -1,0 +1,34 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad path, a malformed data dir, a wrong option) raises a
+subclass of :class:`SQVAEError` whose message names the file, line, utterance or option
+at fault and says what to do. The CLI prints these without a traceback and exits 2.
+"""
+
+
+class SQVAEError(Exception):
+    """Base class for errors that are the input's fault, not the program's."""
+
+
+class ConfigError(SQVAEError):
+    """A configuration file or option is invalid."""
+
+
+class AudioError(SQVAEError):
+    """An audio file cannot be read or holds no usable signal."""
+
+
+class DataDirError(SQVAEError):
+    """A Kaldi-style data directory is malformed."""
+
+
+class FeatureStoreError(SQVAEError):
+    """A feature store is missing, incomplete or built with other settings."""
+
+
+class CheckpointError(SQVAEError):
+    """A checkpoint is missing, corrupt or does not fit the model asked for."""
+
+
+class NonFiniteError(SQVAEError):
+    """A loss, gradient or input became NaN or infinite."""
