@@ -1,0 +1,153 @@
+"""Padding masks and a batch norm that only sees valid frames.
+
+A zero-padded batch of variable-length sequences ([B, C, T] with lengths [B]) must give
+each item the same result as running it alone. Convolutions are handled by zeroing the
+padding before each one; batch norm additionally needs its training statistics taken
+over the valid frames only, which :class:`MaskedBatchNorm1d` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """lengths [B] -> bool mask [B, max_len], True at t < lengths[b]."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def conv1d_out_lengths(lengths: Tensor, kernel_size: int, stride: int = 1, padding: int = 0) -> Tensor:
+    """Valid output length of a Conv1d for inputs of valid length ``lengths`` [B] -> [B].
+
+    The same arithmetic PyTorch uses for the output size, floor((L + 2p - k) / s) + 1,
+    applied to each item's own length (clamped at 0 for inputs shorter than the kernel).
+    """
+    out = torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
+    return out.clamp(min=0)
+
+
+def _distributed_world() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all ranks whose backward sums the gradients over all ranks too, so every
+    rank's loss reaches the inputs of the shared statistics (as in nn.SyncBatchNorm).
+    torch.distributed.nn.functional.all_reduce does the same but is deprecated."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, t: Tensor) -> Tensor:  # type: ignore[override]
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    return _AllReduceSum.apply(t)
+
+
+class MaskedBatchNorm1d(nn.Module):
+    """BatchNorm1d whose training statistics cover only the valid frames of a padded batch.
+
+    Parameters, buffers and state-dict keys are those of ``nn.BatchNorm1d`` (weight, bias,
+    running_mean, running_var, num_batches_tracked), with the same meaning: in training the
+    batch is normalized with the biased variance of its valid frames and the running
+    estimates move towards the mean and the unbiased variance by ``momentum`` (``None``: a
+    cumulative average); in eval the running estimates are used.
+
+    When torch.distributed is initialized with more than one process and ``sync`` is true,
+    the sums behind the statistics are all-reduced, so the statistics are those of the
+    global batch (like ``nn.SyncBatchNorm``, with gradients flowing across ranks). Every
+    rank must then call the layer the same number of times in training mode.
+
+    Positions at or beyond ``lengths`` in the output hold unspecified values; the caller
+    masks them (the speech encoder zeroes padding before every convolution).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        sync: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.sync = sync
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, sync={self.sync}"
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x [B, C, T] (padded), lengths [B] valid frames -> [B, C, T]."""
+        if x.dim() != 3 or x.shape[1] != self.num_features:
+            raise ValueError(f"MaskedBatchNorm1d({self.num_features}) expects [B, {self.num_features}, T], got {list(x.shape)}")
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        mean, var, count = self._batch_stats(x, lengths)
+        self._update_running_stats(mean, var, count)
+        # Statistics in float32 even under autocast: the variance of fp16 activations
+        # summed over thousands of frames would lose most of its digits.
+        y = (x.float() - mean[:, None]) * torch.rsqrt(var + self.eps)[:, None]
+        if self.affine:
+            y = y * self.weight.float()[:, None] + self.bias.float()[:, None]
+        return y.to(x.dtype)
+
+    def _batch_stats(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> mean [C], biased variance [C] and the frame count (0-dim), float32."""
+        mask = lengths_to_mask(lengths.to(x.device), x.shape[-1]).unsqueeze(1).float()  # [B, 1, T]
+        xf = x.float()
+        distributed = self.sync and _distributed_world()
+        # Two passes (mean, then centred squares) rather than sum and sum of squares:
+        # E[x^2] - E[x]^2 cancels catastrophically in float32 when |mean| >> std.
+        sums = torch.cat([(xf * mask).sum(dim=(0, 2)), mask.sum().reshape(1)])
+        if distributed:
+            sums = _all_reduce_sum(sums)
+        count = sums[-1].detach()
+        mean = sums[:-1] / count.clamp(min=1.0)
+        sq = (((xf - mean[:, None]) * mask) ** 2).sum(dim=(0, 2))
+        if distributed:
+            sq = _all_reduce_sum(sq)
+        var = sq / count.clamp(min=1.0)
+        return mean, var, count
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked.item())
+        else:
+            factor = self.momentum
+        # With a single valid frame the unbiased variance is undefined; keep the biased one
+        # (0) instead of writing inf into the running estimate.
+        unbiased = var * (count / (count - 1.0).clamp(min=1.0))
+        self.running_mean.mul_(1.0 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
+        self.running_var.mul_(1.0 - factor).add_(unbiased.detach().to(self.running_var.dtype), alpha=factor)
