@@ -1,0 +1,189 @@
+"""The Fish Fillets corpus: scanning, data dir preparation, and recipe stages 0-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from sqvae_speech.corpora import fishfillets as ff
+from sqvae_speech.datadir import read_datadir, validate_datadir
+from sqvae_speech.errors import SQVAEError
+from sqvae_speech.featstore import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "fishfillets"
+
+
+@pytest.fixture(scope="module")
+def clips(sound_dir: Path) -> list[ff.Clip]:
+    return ff.scan(sound_dir)
+
+
+@pytest.fixture(scope="module")
+def prepared(sound_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ff.PrepareSummary]:
+    out = tmp_path_factory.mktemp("prep") / "data"
+    return out, ff.prepare(sound_dir, out)
+
+
+def read_table(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split(" ", 1)) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def test_parse_name_rules() -> None:
+    assert ff.parse_name("let-m-divna") == ("m", "divna")
+    assert ff.parse_name("rand-2-3-0") == ("2", "3-0")  # the word keeps its dashes
+    assert ff.parse_name("m-bude") == ("m", "bude")
+    assert ff.parse_name("agenti-m") == ("m", "agenti")
+    assert ff.parse_name("b1-voda1") == ("b1", "voda1")
+    assert ff.parse_name("help1") == ("", "help1")
+
+
+def test_scan_finds_the_main_voices(clips: list[ff.Clip], sound_dir: Path) -> None:
+    counts = Counter(c.speaker for c in clips)
+    for spk in ff.MAIN_SPEAKERS:
+        assert 600 <= counts[spk] <= 800, (spk, counts[spk])
+    assert {c.lang for c in clips} == {"cs", "nl"}
+    assert all(c.speaker == f"{c.lang}-{c.code}" for c in clips)
+    assert [str(c.path) for c in clips] == sorted(str(c.path) for c in clips)
+    # a word with dashes
+    (rand,) = [c for c in clips if c.path.name == "rand-2-3-0.ogg" and c.lang == "nl"]
+    assert (rand.level, rand.code, rand.word, rand.speaker) == ("electromagnet", "2", "3-0", "nl-2")
+    # the shared sets (lines said in any level) are voices of the two fish
+    (joke,) = [c for c in clips if c.path.name == "ob-m-ach.ogg" and c.lang == "cs"]
+    assert (joke.level, joke.speaker, joke.utt_id) == ("borejokes", "cs-m", "cs-m_borejokes_ach")
+    # a download dir (with .done) resolves to the same clips
+    download = sound_dir.parents[5]  # <download>/root/usr/share/games/fillets-ng/sound
+    assert (download / ".done").is_file()
+    assert ff.scan(download) == clips
+
+
+def test_minor_speaker_rule(clips: list[ff.Clip]) -> None:
+    assert ff.minor_speakers(clips) == ["cs-b1", "cs-b2", "cs-c", "cs-hs", "cs-pap"]
+
+
+def test_prepare_writes_valid_disjoint_splits(prepared: tuple[Path, ff.PrepareSummary]) -> None:
+    out, summary = prepared
+    for split in ("train", "test"):
+        # reading every file header again would double the test's time: the test split
+        # gets the full check, train the structural one plus a plain existence check
+        validate_datadir(out / split, check_files=split == "test")
+        utts = [u for u, _ in read_table(out / split / "utt2spk")]
+        assert utts == sorted(utts)
+        assert all(u.startswith(spk + "_") for u, spk in read_table(out / split / "utt2spk"))
+    train, test = read_datadir(out / "train", check_files=False), read_datadir(out / "test", check_files=False)
+    assert all(Path(p).is_file() for p in train.wav_scp.values())
+    assert not set(train.utt2spk) & set(test.utt2spk)
+    assert train.speakers == test.speakers == list(ff.MAIN_SPEAKERS)
+    for spk in ff.MAIN_SPEAKERS:
+        assert len(test.spk2utt[spk]) == 30
+        assert len(train.spk2utt[spk]) > 550
+    for utt in test.utterances:
+        assert soundfile.info(test.wav_scp[utt]).duration >= ff.TEST_MIN_SECONDS
+    # the two empty nl clips are skipped, nothing else
+    assert summary.skipped == ["nl-m_elevator1_cesta", "nl-v_gems_sto"]
+    stats = {s.speaker: s for s in summary.speakers}
+    assert stats["cs-m"].test_utts == 30 and 0.4 < stats["cs-m"].train_hours < 0.9
+    assert json.loads((out / "prepare.json").read_text())["speakers"][0]["speaker"] == "cs-m"
+    assert "cs-m" in summary.table() and "total" in summary.table()
+
+
+def test_prepare_is_deterministic_and_caps_train_only(
+    sound_dir: Path, prepared: tuple[Path, ff.PrepareSummary], tmp_path: Path
+) -> None:
+    out, _ = prepared
+    again = tmp_path / "again"
+    ff.prepare(sound_dir, again)
+    for split in ("train", "test"):
+        for name in ("wav.scp", "utt2spk", "spk2utt"):
+            assert (again / split / name).read_bytes() == (out / split / name).read_bytes(), (split, name)
+
+    capped = tmp_path / "capped"
+    ff.prepare(sound_dir, capped, include_minor=True, max_utts_per_speaker=20)
+    train = read_datadir(capped / "train", check_files=False)
+    sizes = {spk: len(u) for spk, u in train.spk2utt.items()}
+    assert set(sizes) == set(ff.MAIN_SPEAKERS) | set(ff.minor_speakers(ff.scan(sound_dir)))
+    assert all(sizes[spk] == 20 for spk in ff.MAIN_SPEAKERS)
+    assert sizes["cs-pap"] == 23 - 23 // 5  # fewer clips than the cap
+    test = read_table(capped / "test" / "utt2spk")
+    main_test = [row for row in test if row[1] in ff.MAIN_SPEAKERS]
+    # neither the cap nor the minor speakers change the main voices' test set
+    assert main_test == read_table(out / "test" / "utt2spk")
+    # a minor speaker's test set takes at most a fifth of its clips
+    assert Counter(spk for _, spk in test)["cs-pap"] == 23 // 5
+
+
+def test_bad_sound_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SQVAEError, match="does not exist.*download.sh"):
+        ff.scan(tmp_path / "missing")
+    (tmp_path / "level" / "en").mkdir(parents=True)
+    (tmp_path / "level" / "en" / "a-m-b.ogg").write_bytes(b"")
+    with pytest.raises(SQVAEError, match=r"<level>/<cs\|nl>/.*make corpus"):
+        ff.prepare(tmp_path, tmp_path / "out")
+    (tmp_path / ".done").write_text(str(tmp_path / "gone") + "\n")
+    with pytest.raises(SQVAEError, match="names the sound dir"):
+        ff.scan(tmp_path)
+
+
+def test_unknown_speaker_lists_the_available_ones(sound_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SQVAEError, match="cs-zz.*not found.*cs-m"):
+        ff.prepare(sound_dir, tmp_path, speakers=["cs-m", "cs-zz"])
+
+
+def _run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SQVAE_ROOT=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run(["./run.sh", *args], check=False, cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_recipe_stages_0_to_2(sound_dir: Path, tmp_path: Path) -> None:
+    # A copy of the recipe, so its data/ and feats/ land in tmp_path; SQVAE_ROOT points
+    # it at this repository's tools and virtual environment.
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    for name in ("run.sh", "path.sh"):
+        shutil.copy2(RECIPE / name, recipe / name)
+    for name in ("local", "conf"):
+        if (RECIPE / name).is_dir():
+            shutil.copytree(RECIPE / name, recipe / name)
+    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "2",
+            "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2"]
+    r = _run_recipe(recipe, *opts)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in range(3):
+        assert f"Stage {stage}:" in r.stderr
+    assert (recipe / "data" / ".done").is_file()
+    train = read_datadir(recipe / "data" / "train")
+    test = read_datadir(recipe / "data" / "test")
+    assert {spk: len(u) for spk, u in train.spk2utt.items()} == {spk: 6 for spk in ff.MAIN_SPEAKERS}
+    assert {spk: len(u) for spk, u in test.spk2utt.items()} == {spk: 3 for spk in ff.MAIN_SPEAKERS}
+    for split, dd in (("train", train), ("test", test)):
+        feats = recipe / "feats" / split
+        assert (feats / ".done").is_file()
+        store = FeatureStore.open(feats)
+        assert store.utt2spk() == dd.utt2spk, split
+        assert store[dd.utterances[0]].shape[0] == 80
+        assert not (feats / "failed.txt").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
+
+    # a rerun skips every finished stage and rewrites nothing
+    r = _run_recipe(recipe, *opts)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "data/.done exists: skipping" in r.stderr
+    assert "feats/train/.done exists: skipping" in r.stderr
+    assert "feats/test/.done exists: skipping" in r.stderr
+    assert stamps == {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
+
+    # other preparation options must not reuse the data silently
+    r = _run_recipe(recipe, "--corpus-dir", str(sound_dir), "--stop-stage", "1",
+                    "--max-utts-per-speaker", "7", "--test-per-speaker", "3")
+    assert r.returncode != 0
+    assert "remove data/ and feats/" in r.stderr
+
+    r = _run_recipe(recipe, "--no-such-option", "1")
+    assert r.returncode != 0 and "--max-utts-per-speaker" in r.stderr
