@@ -248,3 +248,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return data
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], sections: tuple[str, ...] | None = None,
+                ignore: tuple[str, ...] = ()) -> list[str]:
+    """Lines ``key: A vs B`` for every differing leaf (optionally only in ``sections``)."""
+    fa, fb = _flatten(a), _flatten(b)
+    lines = []
+    for key in sorted(set(fa) | set(fb)):
+        if sections is not None and key.split(".")[0] not in sections:
+            continue
+        if key in ignore:
+            continue
+        va, vb = fa.get(key, "<missing>"), fb.get(key, "<missing>")
+        if va != vb:
+            lines.append(f"{key}: {va!r} vs {vb!r}")
+    return lines

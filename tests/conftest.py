@@ -39,3 +39,35 @@ def speech_files(sound_dir: Path) -> dict[str, list[Path]]:
             files = sorted(sound_dir.glob(f"*/{lang}/*-{spk}-*.ogg"))
             out[f"{lang}-{spk}"] = files[:: max(1, len(files) // 8)][:8]
     return out
+
+
+@pytest.fixture(scope="session")
+def real_featstore(tmp_path_factory, sound_dir: Path):
+    """A small feature store of real speech: 10 clips of each main voice (40 utterances)."""
+    from sqvae_speech.audio import load_audio
+    from sqvae_speech.config import FeatureConfig
+    from sqvae_speech.featstore import write_featstore
+    from sqvae_speech.features import logmel
+
+    cfg = FeatureConfig()
+    items = []
+    for lang in ("cs", "nl"):
+        for spk in ("m", "v"):
+            files = sorted(sound_dir.glob(f"*/{lang}/*-{spk}-*.ogg"))
+            for f in files[:: max(1, len(files) // 10)][:10]:
+                wav = load_audio(f, cfg.sample_rate)
+                items.append((f"{lang}-{spk}_{f.stem}", f"{lang}-{spk}", logmel(wav, cfg.sample_rate, cfg)))
+    return write_featstore(tmp_path_factory.mktemp("feats"), sorted(items), cfg)
+
+
+def tiny_experiment(**train):
+    """A config small enough to train a few steps in seconds on one CPU core."""
+    from sqvae_speech.config import ExperimentConfig
+
+    data = {
+        "model": {"encoder": {"channels": 32}, "quantizer": {"num_embeddings": 16, "embedding_dim": 8},
+                  "decoder": {"speaker_embedding_dim": 8, "hidden_size": 16}},
+        "train": {"steps": 6, "batch_size": 4, "crop_frames": 16, "num_workers": 0, "checkpoint_every": 2,
+                  "log_every": 1, **train},
+    }
+    return ExperimentConfig.from_dict(data)

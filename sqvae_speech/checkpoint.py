@@ -1,0 +1,168 @@
+"""Checkpoints: atomic, self-describing, loadable with ``torch.load(weights_only=True)``.
+
+Layout: ``EXP/checkpoints/ckpt-<step:08d>.pt``. A checkpoint is a dict of tensors and
+plain Python values: ``format``, ``version``, ``step``, ``config`` (the whole
+ExperimentConfig as a dict), ``model`` (state dict), and for resuming ``optimizer``,
+``scheduler``, ``scaler`` and ``rng``. Files are written to a temporary name and renamed,
+so a killed run never leaves a partial ``ckpt-*.pt``; temporaries (``.tmp-*``) are never
+picked up and are cleaned on the next save.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ExperimentConfig, config_diff
+from .errors import CheckpointError, SQVAEError
+from .fileio import atomic_torch_save
+
+FORMAT = "sqvae-speech-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_dir(exp_dir: str | Path) -> Path:
+    return Path(exp_dir) / "checkpoints"
+
+
+def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint in ``exp_dir``, oldest first."""
+    d = checkpoint_dir(exp_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(exp_dir: str | Path) -> Path | None:
+    found = list_checkpoints(exp_dir)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_state_to_plain(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_plain_to_py_state(state["python"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_plain(s: tuple) -> list:
+    version, internal, gauss = s
+    return [version, list(internal), gauss]
+
+
+def _plain_to_py_state(s: list) -> tuple:
+    return (s[0], tuple(s[1]), s[2])
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """MultiStepLR keeps milestones in a Counter, which weights_only loading refuses."""
+    state = dict(scheduler.state_dict())
+    if isinstance(state.get("milestones"), Counter):
+        state["milestones"] = dict(state["milestones"])
+    return state
+
+
+def load_scheduler_state(scheduler: Any, state: dict[str, Any]) -> None:
+    state = dict(state)
+    if isinstance(state.get("milestones"), dict):
+        state["milestones"] = Counter(state["milestones"])
+    scheduler.load_state_dict(state)
+
+
+def save_checkpoint(exp_dir: str | Path, step: int, payload: dict[str, Any], keep: int) -> Path:
+    """Write ``payload`` (model, optimizer, ...) plus format/step atomically; keep the newest ``keep``."""
+    d = checkpoint_dir(exp_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob(".tmp-*"):
+        stale.unlink(missing_ok=True)
+    path = d / f"ckpt-{step:08d}.pt"
+    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "step": step, **payload})
+    for _, old in list_checkpoints(exp_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; a truncated, foreign or corrupt file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt or not a "
+            "PyTorch file: use an earlier checkpoint from the same directory"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an sqvae-speech checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}; this toolkit reads up to {VERSION}: upgrade sqvae-speech")
+    for key in ("step", "config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks '{key}'; it is incomplete")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(ckpt["config"], where=str(path))
+    except SQVAEError as e:
+        raise CheckpointError(f"checkpoint {path} carries a config this version cannot read: {e}") from None
+
+
+def resolve_checkpoint(exp_or_ckpt: str | Path) -> Path:
+    """An experiment dir (its latest checkpoint) or a checkpoint file -> checkpoint path."""
+    p = Path(exp_or_ckpt)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise CheckpointError(f"no checkpoint in {checkpoint_dir(p)}: train first (`sqvae-speech train --exp {p}`)")
+        return latest
+    raise CheckpointError(f"{p} is neither an experiment dir nor a checkpoint file")
+
+
+def load_model(exp_or_ckpt: str | Path, map_location: str | torch.device = "cpu"):
+    """Build the model a checkpoint describes and load its weights. Returns (model, config, step, path)."""
+    from .models import SpeechSQVAE
+
+    path = resolve_checkpoint(exp_or_ckpt)
+    ckpt = load_checkpoint(path, map_location)
+    cfg = checkpoint_config(ckpt, path)
+    model = SpeechSQVAE(cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, cfg, int(ckpt["step"]), path
+
+
+def check_same_setup(saved: ExperimentConfig, requested: ExperimentConfig, saved_name: str, requested_name: str) -> None:
+    """Model and feature settings must match to resume; training settings may change."""
+    diffs = config_diff(saved.to_dict(), requested.to_dict(), sections=("features", "model"), ignore=("model.speakers",))
+    if diffs:
+        lines = "\n  ".join(diffs)
+        raise CheckpointError(
+            f"{requested_name} does not match {saved_name}:\n  {lines}\n"
+            "resume with the original settings, or train into a new --exp directory"
+        )

@@ -1,0 +1,175 @@
+"""``sqvae-speech evaluate``: the paper's dB^2 MSE and whole-set codebook usage.
+
+For every evaluation utterance (odd T trimmed by one frame): encode with deterministic
+quantization, decode as the utterance's own speaker (or the speaker a list names), and
+
+    MSE = sum_utts sum (out - mel[:, 1:-1])^2 * 80^2 / (n_mels * sum_utts (T - 2)).
+
+Utterances run in length-bucketed padded batches; the masked model makes the result
+equal to one-at-a-time evaluation. Writes ``EXP/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import load_model
+from .data import MIN_FRAMES, UtteranceDataset, bucket_batches, collate
+from .errors import FeatureStoreError, SQVAEError
+from .featstore import FeatureStore
+from .fileio import atomic_write_json
+from .models import DB_SCALE, SpeechSQVAE
+from .quantizers import CodebookUsage
+
+
+@dataclass
+class EvalResult:
+    variant: str
+    step: int
+    mse_db2: float
+    set_perplexity: float
+    used_codes: int
+    num_codes: int
+    num_utterances: int
+    num_frames: int  # compared mel frames, sum of (T - 2)
+    per_speaker_mse_db2: dict[str, float] = field(default_factory=dict)
+    checkpoint: str = ""
+    data: str = ""
+    seconds: float = 0.0
+
+
+def read_eval_list(path: str | Path) -> list[tuple[str, str]]:
+    """(utterance, speaker) pairs from a JSON list of pairs or a text file of ``utt spk`` lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise SQVAEError(f"evaluation list {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    pairs: list[tuple[str, str]] = []
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SQVAEError(f"evaluation list {path} is not valid JSON: {e}") from None
+        for i, row in enumerate(data):
+            if not (isinstance(row, (list, tuple)) and len(row) == 2 and all(isinstance(x, str) for x in row)):
+                raise SQVAEError(f"evaluation list {path} item {i}: expected [utterance, speaker], got {row!r}")
+            pairs.append((row[0], row[1]))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise SQVAEError(f"evaluation list {path} line {n}: expected 'utterance speaker', got {line!r}")
+            pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise SQVAEError(f"evaluation list {path} is empty")
+    return pairs
+
+
+def check_items(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tuple[str, str]], source: str) -> None:
+    """Every utterance exists, is long enough, and every speaker is known to the model."""
+    known = set(model.config.speakers)
+    for utt, spk in items:
+        if utt not in store:
+            raise SQVAEError(f"{source}: utterance '{utt}' is not in the feature store {store.path}")
+        if spk not in known:
+            raise SQVAEError(f"{source}: speaker '{spk}' (utterance '{utt}') was not seen in training; "
+                             f"known speakers: {', '.join(sorted(known))}")
+        if store.frames(utt) < MIN_FRAMES:
+            raise SQVAEError(f"{source}: utterance '{utt}' has {store.frames(utt)} frames; the encoder needs at least {MIN_FRAMES}")
+
+
+@torch.no_grad()
+def evaluate_model(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tuple[str, str]],
+                   max_frames: int = 8000, device: str | torch.device = "cpu",
+                   progress: bool = False) -> tuple[float, CodebookUsage, dict[str, tuple[float, int]], int]:
+    """dB^2 MSE over ``items`` [(utt, speaker)]; returns (mse, usage, per-speaker (sse, frames), frames).
+
+    ``max_frames`` bounds padded frames per batch (1 -> one utterance at a time).
+    """
+    from tqdm import tqdm
+
+    model.eval().to(device)
+    ds = UtteranceDataset(store, model.config.speakers, [u for u, _ in items], [s for _, s in items])
+    usage = CodebookUsage(model.config.quantizer.num_embeddings)
+    per_spk: dict[str, tuple[float, int]] = {}
+    total_sse, total_frames = 0.0, 0
+    batches = bucket_batches(ds.lengths(), max_frames)
+    for idx in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+        batch = collate([ds[i] for i in idx])
+        mels = batch.mels.to(device)
+        if not torch.isfinite(mels).all():
+            bad = [u for u, m in zip(batch.utts, mels) if not torch.isfinite(m).all()]
+            raise FeatureStoreError(f"features of {', '.join(bad)} in {store.path} contain NaN/inf; re-extract them")
+        lengths = batch.lengths.to(device)
+        enc = model.encode(mels, lengths)
+        out, out_lengths = model.decode(enc.quantized, enc.lengths, batch.speakers.to(device))
+        target = mels[:, :, 1 : 1 + out.shape[-1]]
+        valid = torch.arange(out.shape[-1], device=device)[None, :] < out_lengths[:, None]
+        sse = (((out.float() - target.float()) ** 2).sum(1) * valid).sum(1).double().cpu()  # [B]
+        usage.update(enc.indices.cpu())
+        for b, i in enumerate(idx):
+            spk = ds.speaker_names[i]
+            s, f = per_spk.get(spk, (0.0, 0))
+            per_spk[spk] = (s + float(sse[b]), f + int(out_lengths[b]))
+        total_sse += float(sse.sum())
+        total_frames += int(out_lengths.sum())
+    n_mels = model.config.n_mels
+    mse = total_sse * DB_SCALE**2 / (n_mels * max(total_frames, 1))
+    return mse, usage, per_spk, total_frames
+
+
+def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None = None,
+             out: str | Path | None = None, max_frames: int = 8000, device: str | None = None,
+             progress: bool = True) -> EvalResult:
+    """Evaluate a checkpoint on a feature store (all utterances, own speakers) or a list."""
+    t0 = time.time()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, step, ckpt_path = load_model(exp_or_ckpt)
+    store = FeatureStore.open(feats_dir, expect_config=cfg.features)
+    if eval_list is not None:
+        items = read_eval_list(eval_list)
+        source = str(eval_list)
+    else:
+        items = [(u, store.speaker(u)) for u in store.utterances]
+        source = str(feats_dir)
+    check_items(model, store, items, source)
+    mse, usage, per_spk, frames = evaluate_model(model, store, items, max_frames, device, progress)
+    n_mels = cfg.model.n_mels
+    result = EvalResult(
+        variant=cfg.model.variant, step=step, mse_db2=mse,
+        set_perplexity=float(usage.perplexity()), used_codes=int(usage.used()),
+        num_codes=cfg.model.quantizer.num_embeddings, num_utterances=len(items), num_frames=frames,
+        per_speaker_mse_db2={s: v[0] * DB_SCALE**2 / (n_mels * max(v[1], 1)) for s, v in sorted(per_spk.items())},
+        checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2),
+    )
+    exp_dir = Path(exp_or_ckpt) if Path(exp_or_ckpt).is_dir() else Path(ckpt_path).parent.parent
+    atomic_write_json(out or exp_dir / "results.json", asdict(result))
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exp", required=True, help="experiment dir (newest checkpoint) or a checkpoint file")
+    p.add_argument("--feats", required=True, help="feature store with the evaluation utterances")
+    p.add_argument("--list", dest="eval_list", help="evaluation list: JSON [[utt, spk], ...] or 'utt spk' lines (default: every utterance, own speaker)")
+    p.add_argument("--out", help="results file (default EXP/results.json)")
+    p.add_argument("--max-frames", type=int, default=8000, help="padded frames per batch")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    r = evaluate(args.exp, args.feats, args.eval_list, args.out, args.max_frames, args.device, not args.no_progress)
+    print(f"{r.variant} step {r.step}: dB^2 MSE {r.mse_db2:.2f} | set perplexity {r.set_perplexity:.1f} | "
+          f"used codes {r.used_codes}/{r.num_codes} | {r.num_utterances} utterances, {r.num_frames} frames",
+          file=sys.stdout)
+    return 0

@@ -1,0 +1,170 @@
+"""Speech SQ-VAE: encoder -> (stochastic) quantizer -> speaker-conditioned decoder.
+
+``forward`` trains and returns losses; ``encode`` / ``decode`` serve evaluation,
+conversion and export. Every tensor that carries padding travels with its lengths, and
+nothing downstream of padding depends on how much padding there was.
+
+Loss normalization (per item, averaged over the batch, as the authors do):
+- ``arelbo``: 0.5 * D_x * log(MSE), D_x = valid mel elements per item (mean over the
+  batch), MSE over all valid elements of the batch (closed-form decoder variance);
+- ``learned``: SSE / (2 s2_x) + D_x/2 log s2_x with a learned scalar s2_x;
+- ``mse``: plain MSE (the VQ-VAE baseline of the ZeroSpeech code the authors built on),
+  with the commitment term averaged over latent frames.
+The latent term of the Gaussian SQ (KL of the dequantization plus negative entropy) is
+summed over latent frames and averaged over items.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .nets.speech import SpeechDecoder, SpeechEncoder, jitter
+from .quantizers import GaussianSQ, QuantizerOutput, VQEMA
+
+_SQ_VARIANT = {"gaussian_1": "I", "gaussian_2": "II", "gaussian_3": "III", "gaussian_4": "IV"}
+DB_SCALE = 80.0  # features are dB / 80 + 1: a unit error is 80 dB
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor  # scalar to minimize
+    recon: Tensor  # reconstruction term (per item)
+    latent: Tensor  # latent term (per item; VQ: commitment)
+    mse_db2: Tensor  # MSE of the reconstruction in dB^2 over valid elements
+    kl_continuous: Tensor  # per item
+    kl_discrete: Tensor  # per item
+    perplexity: Tensor  # batch perplexity
+    log_var_mean: Tensor  # mean encoder log-variance (self-annealing trace)
+
+
+class Encoded(NamedTuple):
+    z: Tensor  # [B, T', D] pre-quantization encoder means
+    log_var: Tensor | None  # [B, T', C] raw variance channels (None for I / VQ)
+    quantized: Tensor  # [B, T', D] deterministic z_q
+    indices: Tensor  # [B, T'] code indices (-1 on padding)
+    lengths: Tensor  # [B] latent frames
+
+
+def encoder_out_channels(variant: str, dim: int) -> int:
+    """Channels the encoder emits: means, plus variance channels for II / III / IV."""
+    return {"gaussian_1": dim, "gaussian_2": dim + 1, "gaussian_3": dim + 1, "gaussian_4": 2 * dim, "vqvae_ema": dim}[variant]
+
+
+def lengths_mask(lengths: Tensor, t: int) -> Tensor:
+    """[B] lengths -> [B, t] bool, True on valid frames."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class SpeechSQVAE(nn.Module):
+    """Gaussian SQ-VAE (variants I-IV) or VQ-VAE with EMA on log-mel spectrograms."""
+
+    def __init__(self, config: ModelConfig, n_speakers: int | None = None) -> None:
+        super().__init__()
+        n_speakers = n_speakers if n_speakers is not None else len(config.speakers)
+        if n_speakers < 1:
+            raise ValueError("the model needs at least one speaker (ModelConfig.speakers is empty)")
+        self.config = config
+        q = config.quantizer
+        self.dim = q.embedding_dim
+        self.encoder = SpeechEncoder(config.n_mels, config.encoder.channels, encoder_out_channels(config.variant, q.embedding_dim))
+        if config.variant == "vqvae_ema":
+            self.quantizer: nn.Module = VQEMA(
+                q.num_embeddings, q.embedding_dim, decay=q.ema_decay, epsilon=q.ema_epsilon,
+                commitment_cost=q.commitment_cost, reset_unused=q.reset_unused,
+            )
+        else:
+            self.quantizer = GaussianSQ(q.num_embeddings, q.embedding_dim, variant=_SQ_VARIANT[config.variant],
+                                        var_space="log", init_log_var=q.init_log_var)
+        self.decoder = SpeechDecoder(q.embedding_dim, n_speakers, config.decoder.speaker_embedding_dim,
+                                     config.decoder.hidden_size, config.decoder.num_layers, config.n_mels)
+        self.recon_kind = config.recon_kind
+        if self.recon_kind == "learned":
+            self.log_var_x = nn.Parameter(torch.zeros(()))
+
+    # -- pieces --------------------------------------------------------------------
+    def _encode_raw(self, mels: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        lengths = lengths - lengths % 2
+        out, lat_lengths = self.encoder(mels, lengths)
+        out = out.transpose(1, 2)  # [B, T', C]
+        z = out[..., : self.dim]
+        log_var = out[..., self.dim :] if out.shape[-1] > self.dim else None
+        return z, log_var, lat_lengths
+
+    def _quantize(self, z: Tensor, log_var: Tensor | None, lat_lengths: Tensor, temperature: float) -> QuantizerOutput:
+        # equal-length batches (crops) need no mask, which spares the quantizer a gather
+        full = bool(lat_lengths.min() == z.shape[1])
+        mask = None if full else lengths_mask(lat_lengths, z.shape[1])
+        return self.quantizer(z, log_var, mask=mask, temperature=temperature)
+
+    # -- training ------------------------------------------------------------------
+    def forward(self, mels: Tensor, lengths: Tensor, speakers: Tensor, temperature: float = 1.0) -> LossOutput:
+        """mels [B, n_mels, T], lengths [B], speakers [B] -> losses (decoder targets mel[:, :, 1:-1])."""
+        lengths = lengths - lengths % 2
+        z, log_var, lat_lengths = self._encode_raw(mels, lengths)
+        q = self._quantize(z, log_var, lat_lengths, temperature)
+        zq = q.quantized.transpose(1, 2)  # [B, D, T']
+        if self.training and self.config.jitter > 0:
+            zq = jitter(zq, lat_lengths, self.config.jitter)
+        out, out_lengths = self.decoder(zq, lat_lengths, speakers)
+        return self._losses(out, out_lengths, mels, q)
+
+    def _losses(self, out: Tensor, out_lengths: Tensor, mels: Tensor, q: QuantizerOutput) -> LossOutput:
+        batch = out.shape[0]
+        target = mels[:, :, 1 : 1 + out.shape[-1]]
+        mask = lengths_mask(out_lengths, out.shape[-1])[:, None, :]  # [B, 1, T-2]
+        err = ((out.float() - target.float()) ** 2) * mask
+        sse = err.sum()
+        n_elems = (out_lengths.sum() * out.shape[1]).clamp_min(1).to(sse.dtype)
+        mse = sse / n_elems
+        if self.recon_kind == "arelbo":
+            recon = 0.5 * (n_elems / batch) * torch.log(mse)
+        elif self.recon_kind == "learned":
+            recon = (sse / (2 * torch.exp(self.log_var_x)) + 0.5 * n_elems * self.log_var_x) / batch
+        else:
+            recon = mse
+        if self.recon_kind == "mse":
+            latent = q.loss / q.num_valid.clamp_min(1)
+        else:
+            latent = q.loss / batch
+        return LossOutput(
+            loss=recon + latent,
+            recon=recon.detach(),
+            latent=latent.detach(),
+            mse_db2=(mse * DB_SCALE**2).detach(),
+            kl_continuous=(q.kl_continuous / batch).detach(),
+            kl_discrete=(q.kl_discrete / batch).detach(),
+            perplexity=q.perplexity.detach(),
+            log_var_mean=q.log_var_mean.detach(),
+        )
+
+    # -- inference -----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, mels: Tensor, lengths: Tensor) -> Encoded:
+        """Deterministic quantization (argmin). Call in eval mode. mels [B, n_mels, T]."""
+        z, log_var, lat_lengths = self._encode_raw(mels, lengths)
+        q = self._quantize(z, log_var, lat_lengths, temperature=1.0)
+        return Encoded(z, log_var, q.quantized, q.indices, lat_lengths)
+
+    @torch.no_grad()
+    def decode(self, quantized: Tensor, lengths: Tensor, speakers: Tensor) -> tuple[Tensor, Tensor]:
+        """quantized [B, T', D], lengths [B] latent frames, speakers [B] -> (mel [B, n_mels, 2T'], lengths [B])."""
+        return self.decoder(quantized.transpose(1, 2), lengths, speakers)
+
+    def codebook(self) -> Tensor:
+        """[K, D] current code vectors."""
+        return self.quantizer.codebook.detach()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(model: SpeechSQVAE) -> str:
+    """One line: variant, codebook, size, speakers, parameters."""
+    c = model.config
+    return (f"{c.variant}: K={c.quantizer.num_embeddings} D={c.quantizer.embedding_dim} "
+            f"channels={c.encoder.channels} speakers={len(c.speakers)} "
+            f"params={count_parameters(model) / 1e6:.2f}M recon={model.recon_kind}")

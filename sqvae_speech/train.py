@@ -1,0 +1,306 @@
+"""``sqvae-speech train``: train a speech SQ-VAE (variants I-IV) or the VQ-VAE baseline.
+
+One code path for one CPU, one GPU and many GPUs / nodes: device placement, mixed
+precision and DDP come from accelerate (``accelerate launch -m sqvae_speech.cli train
+...`` or ``accelerate launch $(which sqvae-speech) train ...``).
+
+Experiment dir: ``config.yaml`` (resolved), ``checkpoints/``, ``metrics.jsonl`` (one line
+per log interval), ``tensorboard/``. ``--resume`` continues from the newest checkpoint
+with model, optimizer, scheduler, scaler, step and RNG states; the temperature follows
+from the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from .checkpoint import (check_same_setup, latest_checkpoint, load_checkpoint,
+                         load_scheduler_state, rng_state, save_checkpoint, scheduler_state, set_rng_state)
+from .config import ExperimentConfig, apply_overrides, dump_yaml, load_yaml
+from .data import BucketBatchSampler, CropDataset, UtteranceDataset, collate
+from .errors import ConfigError, NonFiniteError
+from .featstore import FeatureStore
+from .fileio import atomic_write_text
+from .models import SpeechSQVAE, describe
+
+METRICS = ("loss", "recon", "latent", "mse_db2", "kl_continuous", "kl_discrete", "perplexity", "log_var_mean")
+
+
+def resolve_config(config_path: str | None, overrides: list[str], variant: str | None,
+                   feats_dir: str | Path | None = None) -> ExperimentConfig:
+    """Config file + ``section.key=value`` overrides. Without a ``features`` section the
+    feature settings are taken from the store in ``feats_dir`` (it is authoritative); a
+    ``features`` section that disagrees with the store is an error later, naming both."""
+    data = load_yaml(config_path) if config_path else {}
+    if variant:
+        overrides = [f"model.variant={variant}", *overrides]
+    data = apply_overrides(data, overrides)
+    if "features" not in data and feats_dir is not None:
+        data["features"] = FeatureStore.open(feats_dir).config.to_dict()
+    return ExperimentConfig.from_dict(data, where=config_path or "config")
+
+
+def build_loader(cfg: ExperimentConfig, store: FeatureStore, seed: int, pin_memory: bool) -> DataLoader:
+    tc = cfg.train
+    workers = tc.num_workers
+    common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                                  persistent_workers=workers > 0)
+    if tc.batching == "crops":
+        ds = CropDataset(store, cfg.model.speakers, tc.crop_frames)
+        if len(ds) < tc.batch_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} exceeds the {len(ds)} usable utterances in {store.path}")
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(ds, batch_size=tc.batch_size, sampler=RandomSampler(ds, generator=gen),
+                          drop_last=True, **common)
+    ds = UtteranceDataset(store, cfg.model.speakers, max_frames=tc.max_utterance_frames)
+    if len(ds) == 0:
+        raise ConfigError(f"no utterance in {store.path} is long enough to train on")
+    sampler = BucketBatchSampler(ds.lengths(), max(tc.max_frames, tc.max_utterance_frames),
+                                 max_batch=tc.batch_size, seed=seed)
+    return DataLoader(ds, batch_sampler=sampler, **common)
+
+
+class _Averager:
+    """Sums step metrics on the device; one host transfer per log interval, not per step."""
+
+    KEYS = (*METRICS, "grad_norm")
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.n = 0
+
+    def add(self, out: Any, grad_norm: torch.Tensor) -> None:
+        vals = torch.stack([getattr(out, k).detach().float().reshape(()) for k in METRICS]
+                           + [torch.as_tensor(grad_norm).detach().float().reshape(()).to(out.loss.device)])
+        self.sums = vals if self.sums is None else self.sums + vals
+        self.n += 1
+
+    def pop(self) -> dict[str, float]:
+        values = (self.sums / max(1, self.n)).tolist() if self.sums is not None else []
+        self.sums, self.n = None, 0
+        return dict(zip(self.KEYS, values))
+
+
+def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, resume: bool = False,
+          cpu: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train until ``cfg.train.steps`` (or ``stop_after`` more steps). Returns a summary dict."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    exp_dir = Path(exp_dir)
+    tc = cfg.train
+    store = FeatureStore.open(feats_dir, expect_config=cfg.features)
+    speakers = tuple(store.speakers)
+    if cfg.model.speakers and set(speakers) - set(cfg.model.speakers):
+        missing = sorted(set(speakers) - set(cfg.model.speakers))
+        raise ConfigError(f"speakers {missing} of {feats_dir} are not in model.speakers; leave model.speakers empty to take them from the data")
+    if not cfg.model.speakers:
+        cfg = cfg.replace(model=cfg.model.replace(speakers=speakers))
+
+    start_step, ckpt = 0, None
+    latest = latest_checkpoint(exp_dir)
+    if resume and latest is not None:
+        ckpt = load_checkpoint(latest)
+        saved = ExperimentConfig.from_dict(ckpt["config"], where=str(latest))
+        check_same_setup(saved, cfg.replace(model=cfg.model.replace(speakers=saved.model.speakers)),
+                         f"checkpoint {latest}", "the requested config")
+        cfg = cfg.replace(model=saved.model)
+        start_step = int(ckpt["step"])
+    elif latest is not None:
+        raise ConfigError(f"{exp_dir} already holds checkpoints (newest {latest.name}); pass --resume to continue or choose another --exp")
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one state per process; a second train() in the same process
+        # (a notebook, the tests) may ask for other settings, which is fine when alone.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # Without CUDA, say cpu=True: that is what makes accelerate run multi-process CPU
+    # training (gloo) under `accelerate launch` / torchrun instead of N lone processes.
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu or not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    set_seed(tc.seed + start_step + accelerator.process_index)
+    model = SpeechSQVAE(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        load_scheduler_state(scheduler, ckpt["scheduler"])
+        if accelerator.process_index == 0:  # other ranks keep their own seeds (distinct noise)
+            set_rng_state(ckpt["rng"])
+    loader = build_loader(cfg, store, seed=tc.seed + start_step, pin_memory=accelerator.device.type == "cuda")
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if ckpt is not None and ckpt.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(ckpt["scaler"])
+
+    if main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(exp_dir / "config.yaml", dump_yaml(cfg))
+        print(f"[train] {describe(accelerator.unwrap_model(model))}", file=sys.stderr)
+        print(f"[train] {len(loader.dataset)} items from {feats_dir}, device {accelerator.device}, "
+              f"{accelerator.num_processes} process(es), mixed precision {tc.mixed_precision}, "
+              f"from step {start_step} to {tc.steps}", file=sys.stderr)
+    writer = _tensorboard(exp_dir) if main else None
+
+    end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
+    step, epoch = start_step, 0
+    avg, frames, t0 = _Averager(), 0, time.time()
+    last_ckpt = latest
+    bar = _progress(main and progress, start_step, tc.steps)
+
+    def checkpoint() -> Path | None:
+        nonlocal last_ckpt
+        accelerator.wait_for_everyone()
+        if main:
+            last_ckpt = save_checkpoint(exp_dir, step, {
+                "config": cfg.to_dict(),
+                "model": accelerator.unwrap_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler_state(scheduler),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "rng": rng_state(),
+            }, keep=tc.keep_checkpoints)
+        return last_ckpt
+
+    model.train()
+    try:
+        while step < end_step:
+            sampler = getattr(loader, "batch_sampler", None)
+            for obj in (sampler, getattr(sampler, "batch_sampler", None)):
+                if hasattr(obj, "set_epoch"):
+                    obj.set_epoch(epoch)
+            for batch in loader:
+                if step >= end_step:
+                    break
+                tau = tc.temperature(step)
+                with accelerator.autocast():
+                    out = model(batch.mels, batch.lengths, batch.speakers, temperature=tau)
+                _check_finite(accelerator, out.loss, "loss", step, last_ckpt)
+                accelerator.backward(out.loss)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                if tc.mixed_precision != "fp16":  # fp16's scaler skips steps with inf grads itself
+                    _check_finite(accelerator, grad_norm, "gradient norm", step, last_ckpt)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                frames += int(batch.lengths.sum())
+                avg.add(out, grad_norm)
+                if main:
+                    bar.update(1)
+                if step % tc.log_every == 0 or step == end_step:
+                    stats = avg.pop()
+                    elapsed = time.time() - t0
+                    stats |= {"temperature": tau, "lr": scheduler.get_last_lr()[0],
+                              "frames_per_s": frames * accelerator.num_processes / max(elapsed, 1e-9)}
+                    frames, t0 = 0, time.time()
+                    if main:
+                        _log(exp_dir, writer, step, stats)
+                        bar.set_postfix(loss=f"{stats['loss']:.1f}", mse=f"{stats['mse_db2']:.1f}",
+                                        ppl=f"{stats['perplexity']:.0f}")
+                if step % tc.checkpoint_every == 0 and step < end_step:
+                    checkpoint()
+            epoch += 1
+        path = checkpoint()
+    except KeyboardInterrupt:
+        path = checkpoint()
+        if main:
+            print(f"\n[train] interrupted at step {step}; saved {path}", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    accelerator.wait_for_everyone()
+    return {"step": step, "checkpoint": str(path) if path else None, "exp": str(exp_dir), "main": main}
+
+
+def _check_finite(accelerator: Any, value: torch.Tensor, what: str, step: int, last_ckpt: Path | None) -> None:
+    bad = ~torch.isfinite(value.detach().float())
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.float().reshape(1), reduction="sum") > 0
+    if bool(bad.any()):
+        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        raise NonFiniteError(
+            f"non-finite {what} at step {step + 1}; training stopped without saving the bad weights; {where}. "
+            "Lower train.lr, check the features for NaN, or try --mixed-precision no"
+        )
+
+
+def _tensorboard(exp_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training alive without it
+        return None
+    return SummaryWriter(str(exp_dir / "tensorboard"))
+
+
+def _log(exp_dir: Path, writer: Any, step: int, stats: dict[str, float]) -> None:
+    with open(exp_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        # non-finite values (the VQ-VAE has no variance: NaN) become null to keep strict JSON
+        f.write(json.dumps({"step": step, **{k: round(v, 6) if math.isfinite(v) else None for k, v in stats.items()}}) + "\n")
+    if writer is not None:
+        for k, v in stats.items():
+            if math.isfinite(v):
+                writer.add_scalar(f"train/{k}", v, step)
+
+
+def _progress(enabled: bool, initial: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def trim_metrics(exp_dir: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (a killed run may have logged past its last checkpoint)."""
+    path = exp_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (sections features/model/train); defaults are the paper's")
+    p.add_argument("--feats", required=True, help="feature store of the training set (made by `extract`)")
+    p.add_argument("--exp", required=True, help="experiment dir (config, checkpoints, logs)")
+    p.add_argument("--variant", help="gaussian_1 | gaussian_2 | gaussian_3 | gaussian_4 | vqvae_ema")
+    p.add_argument("--steps", type=int, help="total training steps (overrides train.steps)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast (overrides train.mixed_precision)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --exp")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.mixed_precision:
+        overrides.append(f"train.mixed_precision={args.mixed_precision}")
+    cfg = resolve_config(args.config, overrides, args.variant, args.feats)
+    if args.resume:
+        latest = latest_checkpoint(args.exp)
+        if latest is not None:
+            trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]))
+    summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
+                    progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
+    if summary["main"]:
+        print(f"[train] done: step {summary['step']}, checkpoint {summary['checkpoint']}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["train", "resolve_config", "build_loader"]
