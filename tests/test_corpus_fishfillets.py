@@ -141,7 +141,17 @@ def _run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["./run.sh", *args], check=False, cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_recipe_stages_0_to_2(sound_dir: Path, tmp_path: Path) -> None:
+TINY_CONFIG = """
+model:
+  encoder: {channels: 32}
+  quantizer: {num_embeddings: 32, embedding_dim: 8}
+  decoder: {speaker_embedding_dim: 8, hidden_size: 16}
+train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_every: 6, log_every: 3}
+"""
+
+
+def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
+    """Stages 0-4 on real speech: data dirs, features, two models trained, evaluated, compared."""
     # A copy of the recipe, so its data/ and feats/ land in tmp_path; SQVAE_ROOT points
     # it at this repository's tools and virtual environment.
     recipe = tmp_path / "recipe"
@@ -151,11 +161,12 @@ def test_recipe_stages_0_to_2(sound_dir: Path, tmp_path: Path) -> None:
     for name in ("local", "conf"):
         if (RECIPE / name).is_dir():
             shutil.copytree(RECIPE / name, recipe / name)
-    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "2",
-            "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2"]
+    (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "4",
+            "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml"]
     r = _run_recipe(recipe, *opts)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(3):
+    for stage in range(5):
         assert f"Stage {stage}:" in r.stderr
     assert (recipe / "data" / ".done").is_file()
     train = read_datadir(recipe / "data" / "train")
@@ -169,7 +180,17 @@ def test_recipe_stages_0_to_2(sound_dir: Path, tmp_path: Path) -> None:
         assert store.utt2spk() == dd.utt2spk, split
         assert store[dd.utterances[0]].shape[0] == 80
         assert not (feats / "failed.txt").exists()
+    for variant in ("gaussian_4", "vqvae_ema"):
+        exp = recipe / "exp" / variant
+        assert (exp / ".done").is_file() and (exp / "checkpoints" / "ckpt-00000012.pt").is_file()
+        result = json.loads((exp / "results.json").read_text())
+        assert result["variant"] == variant and result["step"] == 12 and result["num_utterances"] == 12
+        assert 0 < result["mse_db2"] < 10_000 and 1 <= result["used_codes"] <= 32
+    table = (recipe / "exp" / "RESULTS.md").read_text()
+    assert "Gaussian SQ-VAE (IV)" in table and "VQ-VAE w/ EMA" in table and table in r.stdout
+    assert (recipe / "exp" / "curves.png").stat().st_size > 10_000
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
+    ckpts = {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
     # a rerun skips every finished stage and rewrites nothing
     r = _run_recipe(recipe, *opts)
@@ -177,7 +198,9 @@ def test_recipe_stages_0_to_2(sound_dir: Path, tmp_path: Path) -> None:
     assert "data/.done exists: skipping" in r.stderr
     assert "feats/train/.done exists: skipping" in r.stderr
     assert "feats/test/.done exists: skipping" in r.stderr
+    assert "exp/gaussian_4/.done exists: skipping" in r.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
+    assert ckpts == {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
     # other preparation options must not reuse the data silently
     r = _run_recipe(recipe, "--corpus-dir", str(sound_dir), "--stop-stage", "1",

@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# Fish Fillets NG voices (Czech and Dutch): corpus -> Kaldi data dirs -> log-mel features.
+# Fish Fillets NG voices (Czech and Dutch): corpus -> Kaldi data dirs -> log-mel features
+# -> SQ-VAE / VQ-VAE training -> dB^2 MSE and codebook usage.
 # Every step is a stage; `./run.sh --stage 1 --stop-stage 1` reruns one. Stages that
 # finish leave a .done marker, and a rerun skips them (delete the marker to redo one).
 # See README.md for the corpus, the split and the outputs.
 set -euo pipefail
 
 stage=0                  # first stage to run
-stop_stage=2             # last stage to run
+stop_stage=4             # last stage to run
 nj=2                     # parallel jobs for feature extraction
 feature_config=conf/features.yaml  # feature settings (a 'features' section), relative to this recipe
 corpus_dir=""            # an existing sound dir (.../fillets-ng/sound) or download dir; empty: download into download/
 include_minor=false      # also train on the minor characters (cs-b1, cs-b2, cs-c, cs-hs, cs-pap)
 test_per_speaker=30      # held-out clips per speaker (each >= 1 s, at most a fifth of the speaker)
 max_utts_per_speaker=0   # keep at most this many training clips per speaker, for quick runs; 0: all
+config=conf/demo.yaml    # model/training config (stage 3), relative to this recipe
+variants="gaussian_4 vqvae_ema"  # models to train: gaussian_1..gaussian_4, vqvae_ema
+steps=0                  # training steps per variant; 0: the config's train.steps
+exp=exp                  # experiment root: one dir per variant, exp/<variant>
 
 help_message="Usage: $0 [options]
 Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
-2 features (feats/train, feats/test); all written next to run.sh."
+2 features (feats/train, feats/test), 3 train each variant (exp/<variant>),
+4 evaluate on feats/test and print the comparison (exp/RESULTS.md, exp/curves.png);
+all written next to run.sh."
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/parse_options.sh"
 . "$SQVAE_ROOT/tools/log.sh"
 
-for v in stage stop_stage nj test_per_speaker max_utts_per_speaker; do
+for v in stage stop_stage nj test_per_speaker max_utts_per_speaker steps; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { log "error: --${v//_/-} must be a non-negative integer, not '${!v}'"; exit 1; }
 done
 
@@ -81,6 +88,32 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
     fi
     touch feats/$x/.done
   done
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "Stage 3: train $variants with $config"
+  step_opts=""
+  if [ "$steps" -gt 0 ]; then step_opts="--steps $steps"; fi
+  for v in $variants; do
+    if [ -f $exp/$v/.done ]; then
+      log "$exp/$v/.done exists: skipping"
+      continue
+    fi
+    # --resume: a killed run continues from its newest checkpoint (a fresh dir starts at 0).
+    sqvae-speech train --config "$config" --feats feats/train --exp $exp/$v --variant $v $step_opts --resume
+    touch $exp/$v/.done
+  done
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "Stage 4: dB^2 MSE and codebook usage on feats/test"
+  for v in $variants; do
+    sqvae-speech evaluate --exp $exp/$v --feats feats/test --no-progress
+  done
+  exps=""
+  for v in $variants; do exps="$exps $exp/$v"; done
+  sqvae-speech compare $exps --out $exp/RESULTS.md --curves $exp/curves.png
+  log "table: $exp/RESULTS.md, training curves: $exp/curves.png"
 fi
 
 log "Done (stages $stage to $stop_stage)"
