@@ -50,15 +50,20 @@ def resolve_config(config_path: str | None, overrides: list[str], variant: str |
     return ExperimentConfig.from_dict(data, where=config_path or "config")
 
 
-def build_loader(cfg: ExperimentConfig, store: FeatureStore, seed: int, pin_memory: bool) -> DataLoader:
+def build_loader(cfg: ExperimentConfig, store: FeatureStore, seed: int, pin_memory: bool,
+                 num_processes: int = 1) -> DataLoader:
     tc = cfg.train
     workers = tc.num_workers
     common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                                   persistent_workers=workers > 0)
     if tc.batching == "crops":
         ds = CropDataset(store, cfg.model.speakers, tc.crop_frames)
-        if len(ds) < tc.batch_size:
-            raise ConfigError(f"train.batch_size={tc.batch_size} exceeds the {len(ds)} usable utterances in {store.path}")
+        # drop_last on every process: fewer items than batch_size x processes means an
+        # epoch without a single batch (and a loop that never ends).
+        if len(ds) < tc.batch_size * num_processes:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} x {num_processes} process(es) exceeds the {len(ds)} usable "
+                f"utterances in {store.path}; lower train.batch_size or use fewer processes")
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(ds, batch_size=tc.batch_size, sampler=RandomSampler(ds, generator=gen),
                           drop_last=True, **common)
@@ -139,7 +144,8 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
         load_scheduler_state(scheduler, ckpt["scheduler"])
         if accelerator.process_index == 0:  # other ranks keep their own seeds (distinct noise)
             set_rng_state(ckpt["rng"])
-    loader = build_loader(cfg, store, seed=tc.seed + start_step, pin_memory=accelerator.device.type == "cuda")
+    loader = build_loader(cfg, store, seed=tc.seed + start_step, pin_memory=accelerator.device.type == "cuda",
+                          num_processes=accelerator.num_processes)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if ckpt is not None and ckpt.get("scaler") is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(ckpt["scaler"])
@@ -180,6 +186,7 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
             for obj in (sampler, getattr(sampler, "batch_sampler", None)):
                 if hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
+            step_at_epoch_start = step
             for batch in loader:
                 if step >= end_step:
                     break
@@ -211,6 +218,8 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
                                         ppl=f"{stats['perplexity']:.0f}")
                 if step % tc.checkpoint_every == 0 and step < end_step:
                     checkpoint()
+            if step == step_at_epoch_start:
+                raise ConfigError(f"an epoch over {feats_dir} gave no training batch; lower train.batch_size or train.max_frames")
             epoch += 1
         path = checkpoint()
     except KeyboardInterrupt:

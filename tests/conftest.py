@@ -8,7 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Tests use tiny models: one thread is as fast, and on a busy machine several OpenMP
+# threads spin on barriers and slow each step down by orders of magnitude. Set before
+# torch is imported; subprocesses (recipes, accelerate launch) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
