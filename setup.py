@@ -13,11 +13,13 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["sqvae_speech", "sqvae_speech.*"]),
+    package_data={"sqvae_speech": ["resources/*.txt"]},
     install_requires=[
         "torch>=2.2,<3",
         "numpy>=1.24,<3",
         "scipy>=1.10,<2",
         "librosa>=0.10,<0.12",
+        "numba>=0.57,<1",
         "soundfile>=0.12,<1",
         "soxr>=0.3,<2",
         "pyworld-prebuilt>=0.3.4,<0.4",

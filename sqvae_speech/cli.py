@@ -22,6 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sqvae_speech.train", "train a speech SQ-VAE or the VQ-VAE baseline"),
     "evaluate": ("sqvae_speech.evaluate", "dB^2 MSE and codebook usage of a trained model"),
     "compare": ("sqvae_speech.commands.compare", "table of results.json files (RESULTS.md)"),
+    "f0-stats": ("sqvae_speech.commands.f0_stats", "per-speaker log-F0 statistics for voice conversion"),
+    "convert": ("sqvae_speech.convert", "resynthesize / convert voices with a vocoder"),
+    "vocoder-check": ("sqvae_speech.commands.vocoder_check", "vocoder round-trip and conversion F0 report"),
+    "export": ("sqvae_speech.export", "export codes / features (ZeroSpeech 2019 layout, .npy)"),
+    "bitrate": ("sqvae_speech.commands.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
+    "abx": ("sqvae_speech.abx", "ABX error rate of features against an item file"),
+    "flite-abx-set": ("sqvae_speech.commands.flite_abx_set", "synthesize a phone-labelled English ABX set with flite"),
+    "vision": ("sqvae_speech.vision.cli", "image experiments: train / evaluate vision SQ-VAEs"),
 }
 
 
