@@ -1,8 +1,8 @@
 """``sqvae-speech prepare CORPUS ...``: write Kaldi-style train/test data dirs for a corpus.
 
-Each corpus is a sub-command with its own arguments, so more corpora (vctk,
-zerospeech2019) are added as more entries of :data:`CORPORA`, each a pair of
-``(add_arguments, run)`` functions.
+Each corpus is a sub-command with its own arguments: an entry of :data:`CORPORA`, a
+triple of ``(add_arguments, run, help)``. The corpora that users bring (vctk,
+zerospeech2019) also take ``--check``: check the layout and print what is there.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ..corpora import fishfillets
+from ..corpora import fishfillets, vctk, zerospeech2019
+from ..errors import SQVAEError
 
 
 def _fishfillets_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +41,92 @@ def _fishfillets_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_corpus_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("out_dir", metavar="OUT_DIR", nargs="?",
+                        help=f"writes {what} and OUT_DIR/prepare.json (not needed with --check)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the corpus layout and print what is there; write nothing")
+    parser.add_argument("--nj", type=int, default=1, help="threads reading audio file headers (default 1)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _need_out_dir(args: argparse.Namespace) -> str:
+    if args.out_dir is None:
+        raise SQVAEError(f"prepare {args.corpus}: OUT_DIR is required unless --check is given")
+    return str(args.out_dir)
+
+
+def _vctk_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus_dir", metavar="CORPUS_DIR",
+                        help="the VCTK dir holding wav48/ (0.80) or wav48_silence_trimmed/ (0.92), or the dir above it")
+    _user_corpus_arguments(parser, "OUT_DIR/train, OUT_DIR/test (OUT_DIR/heldout with --heldout-speakers)")
+    parser.add_argument("--vctk-version", choices=["auto", *vctk.VERSIONS], default="auto",
+                        help="corpus version (default: detected from the layout)")
+    parser.add_argument("--mic", choices=list(vctk.MICS), default="mic1",
+                        help="0.92 only: microphone to use; utterances without it are skipped (default %(default)s)")
+    parser.add_argument("--test-per-speaker", type=int, default=vctk.DEFAULT_TEST_PER_SPEAKER, metavar="N",
+                        help="held-out utterances per training speaker for the dB^2 table, at most a fifth "
+                             "of the speaker (default %(default)s)")
+    parser.add_argument("--heldout-speakers", nargs="*", default=[], metavar="SPK",
+                        help="speakers left out of training entirely (written to OUT_DIR/heldout)")
+    parser.add_argument("--max-utts-per-speaker", type=int, default=0, metavar="M",
+                        help="keep at most M training utterances per speaker, for quick runs; the test set "
+                             "is unchanged (default 0: all)")
+
+
+def _vctk_run(args: argparse.Namespace) -> int:
+    if args.check:
+        found = vctk.scan(vctk.detect_layout(args.corpus_dir, args.vctk_version), args.mic)
+        print(found.describe())
+        return 0
+    out_dir = _need_out_dir(args)
+    heldout = [s for item in args.heldout_speakers for s in item.replace(",", " ").split()]
+    summary = vctk.prepare(
+        args.corpus_dir, out_dir, version=args.vctk_version, mic=args.mic,
+        test_per_speaker=args.test_per_speaker, heldout_speakers=heldout,
+        max_utts_per_speaker=args.max_utts_per_speaker, nj=args.nj, progress=args.progress,
+    )
+    mic = f", {summary.mic}" if summary.mic else ""
+    print(f"VCTK {summary.version}{mic} from {summary.corpus_dir} -> {out_dir}")
+    print(summary.table())
+    return 0
+
+
+def _zerospeech2019_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus_dir", metavar="CORPUS_DIR", help="the dir holding english/ (or english/ itself)")
+    _user_corpus_arguments(parser, "OUT_DIR/{train,eval,test}, OUT_DIR/eval_list.txt")
+    parser.add_argument("--eval-list", metavar="JSON",
+                        help="dB^2 evaluation list, [[\"english/train/parallel/voice/V001_...\", \"V001\"], ...] "
+                             "(e.g. zerospeech2019_english_mse_evaluation.json); default: all of "
+                             "english/train/parallel/voice")
+    parser.add_argument("--max-utts-per-speaker", type=int, default=0, metavar="M",
+                        help="keep at most M training utterances per speaker, for quick runs (default 0: all)")
+
+
+def _zerospeech2019_run(args: argparse.Namespace) -> int:
+    if args.check:
+        print(zerospeech2019.describe(args.corpus_dir))
+        if args.eval_list:
+            root = zerospeech2019.resolve_root(args.corpus_dir)
+            items = zerospeech2019.map_eval_list(zerospeech2019.read_eval_list(args.eval_list), root,
+                                                 f"evaluation list {args.eval_list}")
+            print(f"  evaluation list {args.eval_list}: {len(items)} files, all present")
+        return 0
+    out_dir = _need_out_dir(args)
+    summary = zerospeech2019.prepare(args.corpus_dir, out_dir, eval_list=args.eval_list,
+                                     max_utts_per_speaker=args.max_utts_per_speaker, nj=args.nj,
+                                     progress=args.progress)
+    print(f"ZeroSpeech 2019 English from {summary.corpus_dir} -> {out_dir}/{{train,eval,test}}")
+    print(summary.table())
+    return 0
+
+
 CORPORA: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "fishfillets": (_fishfillets_arguments, _fishfillets_run,
                     "Fish Fillets NG voice packs (cs, nl): the embedded corpus"),
+    "vctk": (_vctk_arguments, _vctk_run, "CSTR VCTK Corpus, versions 0.80 and 0.92"),
+    "zerospeech2019": (_zerospeech2019_arguments, _zerospeech2019_run,
+                       "ZeroSpeech 2019 English (train unit+voice, the paper's dB^2 list, test)"),
 }
 
 

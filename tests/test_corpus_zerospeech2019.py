@@ -1,0 +1,230 @@
+"""ZeroSpeech 2019 English: names and speakers, the paper's evaluation list, data dirs,
+and the recipe end to end, on corpus trees in the real layout filled with real speech."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from corpus_trees import (
+    REFERENCE_EVAL_LIST,
+    make_zerospeech2019,
+    reference_eval_items,
+    voice_clips,
+    write_clip,
+)
+
+from sqvae_speech.cli import main as cli_main
+from sqvae_speech.config import ExperimentConfig, FeatureConfig, load_yaml
+from sqvae_speech.corpora import zerospeech2019 as zs
+from sqvae_speech.datadir import read_datadir, validate_datadir
+from sqvae_speech.errors import SQVAEError
+from sqvae_speech.evaluate import read_eval_list as read_evaluate_list
+from sqvae_speech.featstore import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "zerospeech2019"
+# sha256 of reference/zerospeech2019_english_mse_evaluation.json (the paper's list)
+REFERENCE_SHA256 = "2e9e5292bfac4b4a936b3c1317c6035429c8b850a433d3d8ed105ef971a6fa45"
+
+
+@pytest.fixture(scope="module")
+def eval_items() -> list[list[str]]:
+    """A reduced evaluation list: the first 2 V001 and 2 V002 items of the paper's."""
+    return reference_eval_items(2)
+
+
+@pytest.fixture(scope="module")
+def corpus(sound_dir: Path, eval_items: list[list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_zerospeech2019(tmp_path_factory.mktemp("zs2019"), sound_dir, eval_items)
+
+
+@pytest.fixture(scope="module")
+def eval_list(eval_items: list[list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("list") / "eval.json"
+    path.write_text(json.dumps(eval_items, indent=4))
+    return path
+
+
+def test_parse_name() -> None:
+    assert zs.parse_name("S015_0361841101.wav") == ("S015", "S015_0361841101")
+    assert zs.parse_name("english/train/parallel/voice/V001_0000000047") == ("V001", "V001_0000000047")
+    assert zs.parse_name("V002_0000000112.wav") == ("V002", "V002_0000000112")
+    assert zs.parse_name("readme.txt") is None
+    assert zs.parse_name("V001.wav") is None
+
+
+def test_resolve_root_and_clear_errors(corpus: Path, tmp_path: Path) -> None:
+    assert zs.resolve_root(corpus) == corpus
+    assert zs.resolve_root(corpus / "english") == corpus
+    with pytest.raises(SQVAEError, match=r"does not exist.*english/train/unit/<spk>_<id>\.wav.*zerospeech\.com"):
+        zs.resolve_root(tmp_path / "missing")
+    (tmp_path / "english" / "train" / "unit").mkdir(parents=True)
+    with pytest.raises(SQVAEError, match=r"english/train/voice, english/test not found.*zerospeech\.com"):
+        zs.prepare(tmp_path, tmp_path / "out")
+
+
+def test_reference_list_parses_and_maps_to_paths(sound_dir: Path, tmp_path: Path) -> None:
+    assert hashlib.sha256(REFERENCE_EVAL_LIST.read_bytes()).hexdigest() == REFERENCE_SHA256
+    pairs = zs.read_eval_list(REFERENCE_EVAL_LIST)
+    assert len(pairs) == 190 and Counter(s for _, s in pairs) == {"V001": 92, "V002": 98}
+    assert all(p.startswith("english/train/parallel/voice/") for p, _ in pairs)
+    # every listed file present (short real speech): all 190 map to utterance ids and files
+    clip = voice_clips(sound_dir, "nl-m", 1)[0]
+    first = tmp_path / "english" / "train" / "parallel" / "voice" / "first.wav"
+    write_clip(clip, first, 16000)
+    for rel, _ in pairs:
+        shutil.copyfile(first, tmp_path / f"{rel}.wav")
+    first.unlink()
+    utts = zs.map_eval_list(pairs, tmp_path)
+    assert [u.utt_id for u in utts] == [Path(p).name for p, _ in pairs]
+    assert [u.speaker for u in utts] == [s for _, s in pairs]
+    assert all(u.path.is_file() and u.path.parent.name == "voice" for u in utts)
+    assert len({u.utt_id for u in utts}) == 190
+    # missing files: one error naming each of them
+    gone = [utts[3].path, utts[150].path]
+    for p in gone:
+        p.unlink()
+    with pytest.raises(SQVAEError, match="2 file\\(s\\) of the evaluation list are missing") as err:
+        zs.map_eval_list(pairs, tmp_path)
+    assert all(str(p) in str(err.value) for p in gone)
+
+
+def test_eval_list_errors(corpus: Path, eval_items: list[list[str]], tmp_path: Path) -> None:
+    wrong = [[eval_items[0][0], "V002"]]
+    with pytest.raises(SQVAEError, match="item 0: .* listed as speaker V002 but its name says V001"):
+        zs.map_eval_list([tuple(x) for x in wrong], corpus)
+    with pytest.raises(SQVAEError, match="items 0 and 1 both name utterance"):
+        zs.map_eval_list([tuple(eval_items[0])] * 2, corpus)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([["a", "b", "c"]]))
+    with pytest.raises(SQVAEError, match=r"item 0: expected \[path, speaker\]"):
+        zs.read_eval_list(bad)
+
+
+def test_prepare_writes_train_eval_test(corpus: Path, eval_list: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    summary = zs.prepare(corpus, out, eval_list=eval_list, nj=2)
+    for split in ("train", "eval", "test"):
+        validate_datadir(out / split)
+    train, ev, test = (read_datadir(out / s) for s in ("train", "eval", "test"))
+    # speakers from the file names: unit speakers + the two target voices
+    assert train.speakers == ["S015", "S020", "V001", "V002"]
+    assert {s: len(u) for s, u in train.spk2utt.items()} == dict.fromkeys(train.speakers, 5)
+    assert all("/train/unit/" in p for u, p in train.wav_scp.items() if u.startswith("S"))
+    assert all("/train/voice/" in p for u, p in train.wav_scp.items() if u.startswith("V"))
+    assert ev.utterances == ["V001_0000000047", "V001_0000000074", "V002_0000000112", "V002_0000000140"]
+    assert all("/train/parallel/voice/" in p for p in ev.wav_scp.values())
+    assert test.speakers == ["S002"] and len(test.utterances) == 2
+    assert not set(train.utt2spk) & set(ev.utt2spk)
+    # the `utt spk` list for `sqvae-speech evaluate --list`, in the JSON's order
+    listed = read_evaluate_list(out / "eval_list.txt")
+    assert listed == [(Path(p).name, s) for p, s in json.loads(eval_list.read_text())]
+    assert summary.eval == {"V001": 2, "V002": 2} and len(summary.train) == 4
+    assert "4 training speakers" in summary.table()
+    assert json.loads((out / "prepare.json").read_text())["test"][0] == 2
+
+    # without a list: all of parallel/voice; a cap keeps the same first utterances per speaker
+    capped = tmp_path / "capped"
+    zs.prepare(corpus / "english", capped, max_utts_per_speaker=2)
+    small = read_datadir(capped / "train")
+    assert {s: len(u) for s, u in small.spk2utt.items()} == dict.fromkeys(train.speakers, 2)
+    assert set(small.utt2spk) < set(train.utt2spk)
+    assert read_datadir(capped / "eval").utterances == ev.utterances
+
+
+def test_eval_speaker_must_be_trained(corpus: Path, sound_dir: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "corpus"
+    shutil.copytree(corpus, tree)
+    rel = "english/train/parallel/voice/V003_0000000001"
+    write_clip(voice_clips(sound_dir, "cs-m", 1)[0], tree / f"{rel}.wav", 16000)
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([[rel, "V003"]]))
+    with pytest.raises(SQVAEError, match=r"evaluation speaker\(s\) V003 have no \(readable\) training audio"):
+        zs.prepare(tree, tmp_path / "out", eval_list=listed)
+
+
+def test_cli_check(corpus: Path, eval_list: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["prepare", "zerospeech2019", str(corpus), "--check", "--eval-list", str(eval_list)]) == 0
+    out = capsys.readouterr().out
+    assert "english/train/unit: 2 speakers, 10 files" in out and "english/train/voice: 2 speakers, 10 files" in out
+    assert "4 files, all present" in out
+    assert cli_main(["prepare", "zerospeech2019", str(corpus), "--check", "--eval-list", str(REFERENCE_EVAL_LIST)]) == 2
+    assert "186 file(s) of the evaluation list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["paper", "small"])
+def test_configs_parse(name: str) -> None:
+    cfg = ExperimentConfig.from_dict(load_yaml(RECIPE / "conf" / f"{name}.yaml"), where=name)
+    q = cfg.model.quantizer
+    assert (q.num_embeddings, q.embedding_dim, cfg.model.jitter, cfg.train.crop_frames) == (512, 64, 0.5, 32)
+    if name == "paper":  # the paper's setting, value for value (PROTOCOL.md)
+        t = cfg.train
+        assert cfg.model.encoder.channels == 768 and cfg.model.decoder.hidden_size == 128
+        assert (t.steps, t.batch_size, t.lr, t.milestones, t.gamma, t.grad_clip) == \
+            (500_000, 52, 4e-4, (300_000, 400_000), 0.5, 1.0)
+        assert (t.mixed_precision, t.temperature_decay, t.batching) == ("fp16", 1e-5, "crops")
+    features = load_yaml(RECIPE / "conf" / "features.yaml")["features"]
+    assert FeatureConfig.from_dict(features) == FeatureConfig()  # the reference protocol
+
+
+def _run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SQVAE_ROOT=str(REPO), OMP_NUM_THREADS="1", SQVAE_NO_PROGRESS="1")
+    return subprocess.run(["./run.sh", *args], check=False, cwd=recipe, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+TINY_CONFIG = """
+model:
+  encoder: {channels: 32}
+  quantizer: {num_embeddings: 32, embedding_dim: 8}
+  decoder: {speaker_embedding_dim: 8, hidden_size: 16}
+train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_every: 6, log_every: 3}
+"""
+
+
+def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path) -> None:
+    """Stages 0-4: data dirs, features, two models, the dB^2 table on the (reduced) list."""
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    for name in ("run.sh", "path.sh", REFERENCE_EVAL_LIST.name):
+        shutil.copy2(RECIPE / name, recipe / name)
+    for name in ("local", "conf"):
+        shutil.copytree(RECIPE / name, recipe / name)
+    (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    opts = ["--corpus-dir", str(corpus), "--eval-list", str(eval_list), "--nj", "1",
+            "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema"]
+    r = _run_recipe(recipe, *opts)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in range(5):
+        assert f"Stage {stage}:" in r.stderr
+    assert "on the 4 utterances of data/eval_list.txt" in r.stderr
+    train = read_datadir(recipe / "data" / "train")
+    assert train.speakers == ["S015", "S020", "V001", "V002"]
+    for split in ("train", "eval", "test"):
+        dd = read_datadir(recipe / "data" / split)
+        store = FeatureStore.open(recipe / "feats" / split)
+        assert store.utt2spk() == dd.utt2spk and (recipe / "feats" / split / ".done").is_file()
+    for variant in ("gaussian_1", "vqvae_ema"):
+        result = json.loads((recipe / "exp" / variant / "results.json").read_text())
+        assert result["variant"] == variant and result["step"] == 12 and result["num_utterances"] == 4
+        assert set(result["per_speaker_mse_db2"]) == {"V001", "V002"}
+        assert result["data"] == "data/eval_list.txt" and 0 < result["mse_db2"] < 10_000
+    table = (recipe / "exp" / "RESULTS.md").read_text()
+    assert "Gaussian SQ-VAE (I)" in table and "VQ-VAE w/ EMA" in table
+    assert "| Gaussian SQ-VAE (IV) | 32.32 +- 0.88 |" in table and "32.32 +- 0.88" in r.stdout
+
+    # a rerun skips what is done; the default list (the paper's 190) fails on this corpus,
+    # naming the missing files, before anything is written
+    r = _run_recipe(recipe, *opts, "--stop-stage", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "data/.done exists: skipping" in r.stderr and "feats/eval/.done exists: skipping" in r.stderr
+    r = _run_recipe(recipe, "--corpus-dir", str(corpus), "--stop-stage", "1")
+    assert r.returncode != 0 and "186 file(s) of the evaluation list" in r.stderr
+    assert "V001_0000000114.wav" in r.stderr
