@@ -8,10 +8,12 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 CORPUS     := recipes/fishfillets/download
 CORPUS_OK  := $(CORPUS)/.done
+FLITE      := tools/flite
+FLITE_OK   := $(FLITE)/.done
 NJ         ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test lint bench corpus clean help
+.PHONY: all install demo test lint bench corpus flite clean help
 
 help:
 	@echo "make demo    run the embedded Fish Fillets recipe end to end (creates .venv)"
@@ -35,11 +37,20 @@ $(CORPUS_OK):
 
 corpus: $(CORPUS_OK)
 
+# English TTS (Debian flite + libflite1, unpacked without root) for the ABX set.
+$(FLITE_OK):
+	bash tools/fetch_flite.sh $(FLITE)
+
+flite: $(FLITE_OK)
+
 demo: install
 	cd recipes/fishfillets && ./run.sh --nj $(NJ)
 
-test: install corpus
-	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) $(PY) -m pytest $(PYTEST_ARGS) tests
+# Headless Chromium opens the listening page in a test. As root it is installed from
+# Debian; otherwise the script says what to run and only that test fails.
+test: install corpus flite
+	-bash tools/install_chromium.sh
+	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) SQVAE_FLITE=$(CURDIR)/$(FLITE) $(PY) -m pytest $(PYTEST_ARGS) tests
 
 lint: install
 	$(VENV)/bin/ruff check sqvae_speech tests bench

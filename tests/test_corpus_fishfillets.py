@@ -138,7 +138,7 @@ def test_unknown_speaker_lists_the_available_ones(sound_dir: Path, tmp_path: Pat
 
 def _run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, SQVAE_ROOT=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run(["./run.sh", *args], check=False, cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(["./run.sh", *args], check=False, cwd=recipe, env=env, capture_output=True, text=True, timeout=1500)
 
 
 TINY_CONFIG = """
@@ -162,11 +162,12 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
         if (RECIPE / name).is_dir():
             shutil.copytree(RECIPE / name, recipe / name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
-    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "4",
-            "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml"]
+    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "6",
+            "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml",
+            "--convert-per-speaker", "1", "--flite-voices", "awb,slt", "--flite-sentences", "12"]
     r = _run_recipe(recipe, *opts)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(5):
+    for stage in range(7):
         assert f"Stage {stage}:" in r.stderr
     assert (recipe / "data" / ".done").is_file()
     train = read_datadir(recipe / "data" / "train")
@@ -189,16 +190,31 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     table = (recipe / "exp" / "RESULTS.md").read_text()
     assert "Gaussian SQ-VAE (IV)" in table and "VQ-VAE w/ EMA" in table and table in r.stdout
     assert (recipe / "exp" / "curves.png").stat().st_size > 10_000
+    # stage 5: 4 sources x 4 targets, each a 16 kHz wav and a spectrogram, on one page
+    conv = recipe / "exp" / "gaussian_4" / "conversion"
+    assert len(json.loads((conv / "conversion.json").read_text())["items"]) == 16
+    page = (conv / "index.html").read_text()
+    wavs = sorted(conv.glob("*.wav"))
+    assert len(wavs) == 16 and all(w.name in page for w in wavs)
+    assert all(soundfile.info(w).samplerate == 16000 for w in wavs)
+    # stage 6: ZeroSpeech text export of every held-out utterance, bitrate, ABX table
+    for variant in ("gaussian_4", "vqvae_ema"):
+        zs = recipe / "exp" / variant / "zerospeech" / "quantized"
+        assert len(list(zs.glob("*.txt"))) == 12
+        assert json.loads((recipe / "exp" / variant / "zerospeech" / "bitrate.json").read_text())["bitrate"] > 0
+        abx = (recipe / "exp" / variant / "abx.md").read_text()
+        assert "log-mel" in abx and "within" in abx.lower() and "across" in abx.lower()
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
     ckpts = {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
-    # a rerun skips every finished stage and rewrites nothing
-    r = _run_recipe(recipe, *opts)
+    # a rerun skips every finished stage and rewrites nothing (stage 6 is not repeated: slow)
+    r = _run_recipe(recipe, *[("5" if a == "6" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "data/.done exists: skipping" in r.stderr
     assert "feats/train/.done exists: skipping" in r.stderr
     assert "feats/test/.done exists: skipping" in r.stderr
     assert "exp/gaussian_4/.done exists: skipping" in r.stderr
+    assert "feats/train/.f0_stats.done exists" in r.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
     assert ckpts == {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
