@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo    run the embedded Fish Fillets recipe end to end (creates .venv)"
 	@echo "make test    install test extras, fetch the embedded corpus, run the test suite"
-	@echo "make bench   run the benchmarks (side-by-side ratios, bench/results.json)"
+	@echo "make bench   run the benchmarks (ABX scoring throughput)"
 	@echo "make lint    ruff"
 
 $(PY):
@@ -55,8 +55,9 @@ test: install corpus flite
 lint: install
 	$(VENV)/bin/ruff check sqvae_speech tests bench
 
-bench: install corpus
-	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) $(PY) bench/run.py
+# ABX scoring throughput on a synthetic ZeroSpeech-sized item set (about a minute).
+bench: install
+	$(PY) bench/bench_abx.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

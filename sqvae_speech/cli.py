@@ -29,7 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bitrate": ("sqvae_speech.commands.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
     "abx": ("sqvae_speech.abx", "ABX error rate of features against an item file"),
     "flite-abx-set": ("sqvae_speech.commands.flite_abx_set", "synthesize a phone-labelled English ABX set with flite"),
-    "vision": ("sqvae_speech.vision.cli", "image experiments: train / evaluate vision SQ-VAEs"),
 }
 
 
