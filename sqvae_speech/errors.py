@@ -32,3 +32,7 @@ class CheckpointError(SQVAEError):
 
 class NonFiniteError(SQVAEError):
     """A loss, gradient or input became NaN or infinite."""
+
+
+class CorpusError(SQVAEError):
+    """A corpus directory does not have the expected layout or files."""

@@ -49,7 +49,6 @@ by speaker in sorted speaker order, as Kaldi requires.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -58,8 +57,9 @@ from typing import Any
 
 import soundfile
 
-from ..errors import AudioError, SQVAEError
+from ..errors import AudioError, CorpusError
 from ..fileio import atomic_write_json
+from .common import check_sort_order, hashed_split
 
 LANGS: tuple[str, ...] = ("cs", "nl")
 MAIN_CODES: tuple[str, ...] = ("m", "v")
@@ -78,8 +78,6 @@ FETCH_HINT = (
 )
 
 
-class CorpusError(SQVAEError):
-    """The sound dir is missing, or does not look like the Fish Fillets NG voice packs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +218,6 @@ def clip_duration(path: Path) -> float:
         raise AudioError(f"cannot read {path}: {e}; the corpus looks damaged, fetch it again: {FETCH_HINT}") from e
 
 
-def _hash_key(utt_id: str) -> str:
-    return hashlib.sha1(utt_id.encode("utf-8")).hexdigest()
 
 
 def split_speaker(
@@ -229,14 +225,7 @@ def split_speaker(
 ) -> tuple[list[str], list[str]]:
     """Split one speaker's utterances into (train, test), both sorted; rule in the module
     docstring. ``max_train`` 0 keeps all training utterances."""
-    ordered = sorted(utt_ids, key=_hash_key)
-    n_test = min(test_per_speaker, len(ordered) // TEST_MAX_FRACTION)
-    test = [u for u in ordered if durations[u] >= TEST_MIN_SECONDS][:n_test]
-    chosen = set(test)
-    train = [u for u in ordered if u not in chosen]
-    if max_train > 0:
-        train = train[:max_train]
-    return sorted(train), sorted(test)
+    return hashed_split(utt_ids, durations, test_per_speaker, TEST_MAX_FRACTION, TEST_MIN_SECONDS, max_train)
 
 
 def prepare(
@@ -319,11 +308,4 @@ def prepare(
 
 
 def _check_sort_order(speakers: list[str]) -> None:
-    # Kaldi needs utterances sorted by id to come out grouped by speaker in sorted speaker
-    # order; "<spk>_..." breaks that when one speaker id extends another with a character
-    # that sorts before "_" (e.g. "cs-m" and "cs-m2").
-    for a in speakers:
-        for b in speakers:
-            if a != b and b.startswith(a) and b[len(a)] < "_":
-                raise CorpusError(f"speaker ids {a} and {b} would interleave in sorted utterance order; "
-                                  "prepare them in separate runs")
+    check_sort_order(speakers, "speaker ids", "prepare them in separate runs")

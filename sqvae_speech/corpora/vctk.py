@@ -37,7 +37,6 @@ file-system order, version, microphone and the other options:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +45,10 @@ from typing import Any
 
 import soundfile
 
-from ..errors import SQVAEError
+from ..errors import CorpusError
 from ..fileio import atomic_write_json
+from . import common
+from .common import hashed_split
 
 VERSIONS: dict[str, str] = {"0.80": "wav48", "0.92": "wav48_silence_trimmed"}  # version -> audio dir
 MICS: tuple[str, ...] = ("mic1", "mic2")
@@ -70,8 +71,6 @@ EXPECTED = (
 )
 
 
-class CorpusError(SQVAEError):
-    """The corpus dir is missing or does not look like VCTK, or an option does not fit it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,21 +245,12 @@ def header_durations(paths: dict[str, Path], nj: int = 1, progress: bool = False
     return durations, [k for k, d in zip(keys, results) if d is None]
 
 
-def _hash_key(utt_id: str) -> str:
-    return hashlib.sha1(utt_id.encode("utf-8")).hexdigest()
 
 
 def split_speaker(utt_ids: Sequence[str], durations: dict[str, float], test_per_speaker: int,
                   max_train: int = 0) -> tuple[list[str], list[str]]:
     """One speaker's utterances as (train, test), both sorted; rule in the module docstring."""
-    ordered = sorted(utt_ids, key=_hash_key)
-    n_test = min(test_per_speaker, len(ordered) // TEST_MAX_FRACTION)
-    test = [u for u in ordered if durations[u] >= TEST_MIN_SECONDS][:n_test]
-    chosen = set(test)
-    train = [u for u in ordered if u not in chosen]
-    if max_train > 0:
-        train = train[:max_train]
-    return sorted(train), sorted(test)
+    return hashed_split(utt_ids, durations, test_per_speaker, TEST_MAX_FRACTION, TEST_MIN_SECONDS, max_train)
 
 
 def prepare(
@@ -339,10 +329,4 @@ def prepare(
 def check_sort_order(speakers: list[str]) -> None:
     """Raise :class:`CorpusError` if sorted ``<spk>_...`` utterance ids would interleave
     speakers (also used by the ZeroSpeech 2019 preparation)."""
-    # Sorted "<spk>_<nnn>" ids must come out grouped by speaker in sorted speaker order
-    # (Kaldi's rule); "p22" and "p225" would interleave since "5" sorts before "_".
-    for a in speakers:
-        for b in speakers:
-            if a != b and b.startswith(a) and b[len(a)] < "_":
-                raise CorpusError(f"speaker dirs {a} and {b} would interleave in sorted utterance order; "
-                                  "rename one of them")
+    common.check_sort_order(speakers, "speaker dirs", "rename one of them")

@@ -32,14 +32,14 @@ Utterance ids are the file stems (``V001_0000000047``), which start with the spe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import SQVAEError
+from ..errors import CorpusError
 from ..fileio import atomic_write_json, atomic_write_text
+from .common import hash_key
 from .vctk import check_sort_order, header_durations
 
 TRAIN_DIRS: tuple[str, ...] = ("english/train/unit", "english/train/voice")
@@ -56,8 +56,6 @@ EXPECTED = ("expected the ZeroSpeech 2019 English dataset: english/train/unit/<s
             "english/train/voice/V001_<id>.wav and V002_<id>.wav, english/train/parallel/voice/, english/test/")
 
 
-class CorpusError(SQVAEError):
-    """The corpus dir is missing or incomplete, or the evaluation list does not fit it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +161,6 @@ def map_eval_list(pairs: list[tuple[str, str]], root: Path, source: str = "evalu
     return out
 
 
-def _hash_key(utt_id: str) -> str:
-    return hashlib.sha1(utt_id.encode("utf-8")).hexdigest()
 
 
 @dataclasses.dataclass
@@ -254,7 +250,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, eval_list: str | Path |
                           "so that speaker must be trained")
     kept: list[str] = []
     for utts in by_speaker.values():
-        ordered = sorted(utts, key=_hash_key)
+        ordered = sorted(utts, key=hash_key)
         kept += ordered[:max_utts_per_speaker] if max_utts_per_speaker > 0 else ordered
     kept.sort()
     good_tests = [u for u in tests if f"test:{u.utt_id}" not in bad]
