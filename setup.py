@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.60,<5",
         "tensorboard>=2.12,<3",
         "matplotlib>=3.7,<4",
+        "Pillow>=9,<14",
         "PyYAML>=6,<7",
     ],
     extras_require={"test": ["pytest>=7,<10", "ruff>=0.4,<1"]},

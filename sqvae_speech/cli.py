@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sqvae_speech.export", "export codes / features (ZeroSpeech 2019 layout, .npy)"),
     "bitrate": ("sqvae_speech.commands.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
     "abx": ("sqvae_speech.abx", "ABX error rate of features against an item file"),
+    "vision": ("sqvae_speech.vision.cli", "image experiments: train / evaluate vision SQ-VAEs"),
     "flite-abx-set": ("sqvae_speech.commands.flite_abx_set", "synthesize a phone-labelled English ABX set with flite"),
 }
 
