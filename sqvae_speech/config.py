@@ -165,7 +165,10 @@ class TrainConfig(ConfigBase):
     batching: str = "crops"  # "crops" (paper) or "utterances" (whole, bucketed)
     batch_size: int = 52
     crop_frames: int = 32  # latent-rate crops are crop_frames/2; +2 context frames
-    max_frames: int = 4000  # utterances mode: frames per batch (sum of lengths)
+    # utterances mode: padded frames per batch (batch x longest). 8000 rather than 4000:
+    # the GRU runs one step per frame for the whole batch, so ~20 utterances per batch
+    # instead of ~10 halve its per-frame cost (bench/README.md, whole-utterance training).
+    max_frames: int = 8000
     max_utterance_frames: int = 1500  # utterances mode: longer ones are cropped
     lr: float = 4e-4
     milestones: tuple[int, ...] = (300_000, 400_000)

@@ -42,10 +42,12 @@ from .fileio import atomic_path, atomic_write_json, atomic_write_text
 # Utterances per shard: small enough that a killed run loses little and the last shards
 # balance across workers, large enough that the per-shard file costs nothing.
 SHARD_SIZE = 100
-# Utterances per logmel_batch call on CPU. Measured on the embedded corpus (CPU time per
-# audio second, one thread): 1 is fastest (~590x), 4 ~520x, 8 ~470x (padding and
-# masking cost more than batching saves); the numpy reference logmel (0) ~210x.
-CPU_BATCH_SIZE = 1
+# Utterances per logmel_batch call on CPU; 0 = the numpy logmel, one utterance at a time.
+# Features only, one thread, embedded corpus: numpy float32 logmel ~2.8x the torch
+# batched path at batch 1 (which beat batches 4 and 8: padding and masking cost more than
+# batching saves) and ~3.6x librosa (bench/README.md). Reading and resampling the Ogg
+# files then costs about as much as the features.
+CPU_BATCH_SIZE = 0
 CUDA_BATCH_SIZE = 32
 PARTS = ".parts"
 FAILED = "failed.txt"

@@ -31,7 +31,7 @@ from .data import BucketBatchSampler, CropDataset, UtteranceDataset, collate
 from .errors import ConfigError, NonFiniteError
 from .featstore import FeatureStore
 from .fileio import atomic_write_text
-from .models import SpeechSQVAE, describe
+from .models import SpeechSQVAE, build_optimizer, describe
 
 METRICS = ("loss", "recon", "latent", "mse_db2", "kl_continuous", "kl_discrete", "perplexity", "log_var_mean")
 
@@ -136,7 +136,7 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
     main = accelerator.is_main_process
     set_seed(tc.seed + start_step + accelerator.process_index)
     model = SpeechSQVAE(cfg.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = build_optimizer(model, tc.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -56,6 +56,48 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     return _AllReduceSum.apply(t)
 
 
+def _pack_valid(x: Tensor, lens: list[int]) -> Tensor:
+    """[B, C, T] -> [1, C, sum(lens)]: the valid frames of each item, side by side."""
+    return torch.cat([x[b, :, :n] for b, n in enumerate(lens) if n > 0], dim=1).unsqueeze(0)
+
+
+def _unpack_valid(y: Tensor, lens: list[int], steps: int) -> Tensor:
+    """Inverse of :func:`_pack_valid`: [1, C, N] -> [B, C, steps], zeros past each length."""
+    out = y.new_zeros(len(lens), y.shape[1], steps)
+    offset = 0
+    for b, n in enumerate(lens):
+        out[b, :, :n] = y[0, :, offset : offset + n]
+        offset += n
+    return out
+
+
+class _PackValid(torch.autograd.Function):
+    """:func:`_pack_valid` with a backward that writes each item's gradient once (autograd
+    through per-item slices would zero-fill a full-size gradient for every item)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, lens: list[int]) -> Tensor:  # type: ignore[override]
+        ctx.lens, ctx.steps = lens, x.shape[-1]  # type: ignore[attr-defined]
+        return _pack_valid(x, lens)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _unpack_valid(grad, ctx.lens, ctx.steps), None  # type: ignore[attr-defined]
+
+
+class _UnpackValid(torch.autograd.Function):
+    """:func:`_unpack_valid`, whose backward packs the gradient of the valid frames."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, y: Tensor, lens: list[int], steps: int) -> Tensor:  # type: ignore[override]
+        ctx.lens = lens  # type: ignore[attr-defined]
+        return _unpack_valid(y, lens, steps)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        return _pack_valid(grad, ctx.lens), None, None  # type: ignore[attr-defined]
+
+
 class MaskedBatchNorm1d(nn.Module):
     """BatchNorm1d whose training statistics cover only the valid frames of a padded batch.
 
@@ -70,8 +112,9 @@ class MaskedBatchNorm1d(nn.Module):
     global batch (like ``nn.SyncBatchNorm``, with gradients flowing across ranks). Every
     rank must then call the layer the same number of times in training mode.
 
-    Positions at or beyond ``lengths`` in the output hold unspecified values; the caller
-    masks them (the speech encoder zeroes padding before every convolution).
+    Positions at or beyond ``lengths`` are zero in the output (in training mode; in eval
+    mode they hold the normalized padding, which the speech encoder zeroes before every
+    convolution anyway).
     """
 
     def __init__(
@@ -106,16 +149,63 @@ class MaskedBatchNorm1d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, sync={self.sync}"
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x [B, C, T] (padded), lengths [B] valid frames -> [B, C, T]."""
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """x [B, C, T] (padded), lengths [B] valid frames -> [B, C, T].
+
+        ``lengths=None`` says every frame is valid (equal-length crops): the statistics are
+        then those of plain batch norm, computed by the fused ``F.batch_norm`` kernel
+        (unless they must be all-reduced across processes, which only the masked path does).
+        """
         if x.dim() != 3 or x.shape[1] != self.num_features:
             raise ValueError(f"MaskedBatchNorm1d({self.num_features}) expects [B, {self.num_features}, T], got {list(x.shape)}")
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        distributed = self.sync and _distributed_world()
+        # A single frame has no batch variance for F.batch_norm; the masked path copes.
+        if lengths is None and not distributed and x.shape[0] * x.shape[-1] > 1:
+            return self._full_batch_norm(x)
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
+        if not distributed and x.device.type == "cpu":
+            return self._compact_batch_norm(x, lengths)
         mean, var, count = self._batch_stats(x, lengths)
         self._update_running_stats(mean, var, count)
         # Statistics in float32 even under autocast: the variance of fp16 activations
         # summed over thousands of frames would lose most of its digits.
+        mask = lengths_to_mask(lengths.to(x.device), x.shape[-1]).unsqueeze(1)
+        return self._normalize(x, mean, var) * mask.to(x.dtype)
+
+    def _full_batch_norm(self, x: Tensor) -> Tensor:
+        """Training-mode batch norm over every frame: one fused kernel forward and backward,
+        the same statistics and running-estimate update as the masked path with full lengths."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked.item())
+        else:
+            factor = self.momentum
+        # float32 statistics under autocast, as in the masked path.
+        y = F.batch_norm(x.float(), self.running_mean, self.running_var,
+                         None if self.weight is None else self.weight.float(),
+                         None if self.bias is None else self.bias.float(), True, factor, self.eps)
+        return y.to(x.dtype)
+
+    def _compact_batch_norm(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Training-mode batch norm of the valid frames with the fused kernel (CPU).
+
+        The valid frames are packed side by side ([1, C, N]), normalized by ``F.batch_norm``
+        (the same statistics and running-estimate update as the masked path) and unpacked;
+        padding gets zeros. On a [47, 768, 400] batch (forward + backward, one thread) the
+        masked elementwise formulation took ~1.1 s, the fused kernel ~0.17 s.
+        """
+        lens = lengths.tolist()
+        if sum(lens) < 2:  # F.batch_norm needs two values per channel
+            mean, var, count = self._batch_stats(x, lengths)
+            self._update_running_stats(mean, var, count)
+            return self._normalize(x, mean, var) * lengths_to_mask(lengths.to(x.device), x.shape[-1]).unsqueeze(1)
+        valid = _PackValid.apply(x, lens)  # [1, C, N]
+        return _UnpackValid.apply(self._full_batch_norm(valid), lens, x.shape[-1])
+
+    def _normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         y = (x.float() - mean[:, None]) * torch.rsqrt(var + self.eps)[:, None]
         if self.affine:
             y = y * self.weight.float()[:, None] + self.bias.float()[:, None]

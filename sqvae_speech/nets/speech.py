@@ -3,8 +3,12 @@ configuration, PROTOCOL.md "Speech model"), exact on zero-padded batches.
 
 Every network here takes a padded batch together with its lengths and gives each item
 what it would get alone: the encoder zeroes the padding before every convolution and
-takes batch-norm statistics over valid frames only; the decoder runs its GRU over a
-packed sequence. Outputs past each item's length are zero.
+takes batch-norm statistics over valid frames only; the decoder's bidirectional GRU never
+reads padding (packed on CUDA; on CPU each direction unpacked, the backward one on every
+item reversed within its length). Outputs past each item's length are zero. Batches
+without padding (crops) skip all of that, and on CPU the encoder's convolutions take the
+faster paths of :func:`encoder_conv`; every fast path equals the plain computation to
+float rounding (tests/test_speed_paths.py).
 
 Lengths. The encoder maps T mel frames to T' = (T - 2) // 2 latent frames (the first conv
 has no padding and eats 2 frames, the stride-2 conv halves what is left, rounding down);
@@ -20,7 +24,9 @@ extra frame is then padding and masked); slicing the tensor is not needed.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .masking import MaskedBatchNorm1d, conv1d_out_lengths, lengths_to_mask
@@ -42,7 +48,8 @@ def conv_out_lengths(lengths: Tensor) -> Tensor:
     return lengths
 
 
-def _check_lengths(lengths: Tensor, batch: int, max_len: int, min_len: int, what: str) -> None:
+def _check_lengths(lengths: Tensor, batch: int, max_len: int, min_len: int, what: str) -> bool:
+    """Validate ``lengths`` [B]; True when every item fills the padded batch (no padding)."""
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"{what}: lengths must have shape [{batch}], got {list(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
@@ -54,6 +61,134 @@ def _check_lengths(lengths: Tensor, batch: int, max_len: int, min_len: int, what
         raise ValueError(f"{what}: an item has {lo} frames, fewer than the {min_len} needed; drop or pad such inputs upstream")
     if hi > max_len:
         raise ValueError(f"{what}: an item claims {hi} frames but the padded batch holds only {max_len}")
+    return lo == max_len
+
+
+def conv1d_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """Weight gradient of a bias-free Conv1d as one matrix product over the unfolded input.
+
+    x [B, C_in, T], grad [B, C_out, T_out] -> [C_out, C_in, kernel_size].
+    """
+    batch, c_in, _ = x.shape
+    c_out, t_out = grad.shape[1], grad.shape[2]
+    xp = F.pad(x, (padding, padding)) if padding else x
+    cols = xp.unfold(2, kernel_size, stride)[:, :, :t_out]  # [B, C_in, T_out, k]
+    cols = cols.permute(0, 2, 1, 3).reshape(batch * t_out, c_in * kernel_size)
+    g = grad.transpose(1, 2).reshape(batch * t_out, c_out)
+    return (g.t() @ cols).view(c_out, c_in, kernel_size)
+
+
+class _Conv1dGemmWeightGrad(torch.autograd.Function):
+    """Bias-free conv1d: oneDNN forward and input gradient, weight gradient by one GEMM.
+
+    On CPU, oneDNN's backward-weights kernel ran at ~27 GFLOP/s at the encoder's shapes
+    (768 channels, 16-32 frames, batch 52; one thread) where the same sum written as one
+    GEMM [C_out, B*T'] @ [B*T', C_in*k] runs at ~46 (bench/README.md). Same values up to
+    float summation order. Used for the convs Winograd does not cover (k3 p0, k4 s2).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding)  # type: ignore[attr-defined]
+        return F.conv1d(x, weight, None, stride, padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        stride, padding = ctx.conf  # type: ignore[attr-defined]
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, (stride,), (padding,), (1,), False, (0,), 1, (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = conv1d_weight_grad(x, grad, weight.shape[-1], stride, padding)
+        return grad_x, grad_w, None, None
+
+
+def _winograd_input(xp: Tensor, n: int) -> Tensor:
+    """Input tiles of F(2, 3): xp [B, 2n + 2, C] (time-major, padded) -> [4, B n, C]."""
+    d0, d1, d2, d3 = (xp[:, i : i + 2 * n : 2] for i in range(4))  # [B, n, C]
+    return torch.stack([d0 - d2, d1 + d2, d2 - d1, d1 - d3]).view(4, -1, xp.shape[-1])
+
+
+def _winograd_input_grad(gv: Tensor, batch: int, n: int) -> Tensor:
+    """Transpose of :func:`_winograd_input`: [4, B n, C] -> [B, 2n + 2, C]."""
+    g0, g1, g2, g3 = gv.view(4, batch, n, -1).unbind(0)
+    gd0, gd1, gd2, gd3 = g0, g1 - g2 + g3, g1 + g2 - g0, -g3  # gradients of the tile frames d0..d3
+    even = F.pad(gd0, (0, 0, 0, 1)) + F.pad(gd2, (0, 0, 1, 0))  # frames 2i: d0 of tile i, d2 of tile i - 1
+    odd = F.pad(gd1, (0, 0, 0, 1)) + F.pad(gd3, (0, 0, 1, 0))  # frames 2i + 1: d1 of tile i, d3 of tile i - 1
+    return torch.stack([even, odd], dim=2).view(batch, 2 * n + 2, -1)
+
+
+class _Conv1dK3Winograd(torch.autograd.Function):
+    """Bias-free Conv1d, kernel 3, stride 1, padding 1, by Winograd's minimal filtering F(2, 3).
+
+    Two output frames y0 = d0 g0 + d1 g1 + d2 g2, y1 = d1 g0 + d2 g1 + d3 g2 of a four-frame
+    input tile take four channel products m = (d0 - d2) g0, (d1 + d2)(g0 + g1 + g2)/2,
+    (d2 - d1)(g0 - g1 + g2)/2, (d1 - d3) g2 (y0 = m0 + m1 + m2, y1 = m1 - m2 - m3) instead of
+    six, each a [B T/2, C_in] x [C_in, C_out] matrix product: the encoder's three
+    768-channel k3 convolutions cost 2/3 of the direct multiply-adds, forward and backward
+    (the backward differentiates the same four products). The transforms only add,
+    subtract and halve, so results equal the direct convolution to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        batch, _, steps = x.shape
+        n = (steps + 1) // 2  # output tiles of two frames
+        xp = F.pad(x.transpose(1, 2), (0, 0, 1, 1 + 2 * n - steps))  # [B, 2n + 2, C_in], time-major
+        v = _winograd_input(xp, n)  # [4, B n, C_in]
+        g0, g1, g2 = weight.unbind(-1)
+        u = torch.stack([g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2])  # [4, C_out, C_in]
+        m = torch.bmm(v, u.transpose(1, 2))  # [4, B n, C_out]
+        y = torch.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]], dim=1).view(batch, 2 * n, -1)
+        ctx.save_for_backward(v, u)
+        ctx.shape = (batch, steps, n)  # type: ignore[attr-defined]
+        return y[:, :steps].transpose(1, 2)  # [B, C_out, T], a view of time-major memory
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        v, u = ctx.saved_tensors  # type: ignore[attr-defined]
+        batch, steps, n = ctx.shape  # type: ignore[attr-defined]
+        gy = F.pad(grad.transpose(1, 2), (0, 0, 0, 2 * n - steps)).reshape(batch * n, 2, -1)
+        gy0, gy1 = gy[:, 0], gy[:, 1]
+        gm = torch.stack([gy0, gy0 + gy1, gy0 - gy1, -gy1])  # [4, B n, C_out]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            gxp = _winograd_input_grad(torch.bmm(gm, u), batch, n)  # [B, 2n + 2, C_in]
+            grad_x = gxp[:, 1 : 1 + steps].transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            gu0, gu1, gu2, gu3 = torch.bmm(gm.transpose(1, 2), v).unbind(0)  # [C_out, C_in] each
+            grad_w = torch.stack([gu0 + 0.5 * (gu1 + gu2), 0.5 * (gu1 - gu2), gu3 + 0.5 * (gu1 + gu2)], dim=-1)
+        return grad_x, grad_w
+
+
+def conv1d_k3_winograd(x: Tensor, weight: Tensor) -> Tensor:
+    """x [B, C_in, T], weight [C_out, C_in, 3] -> [B, C_out, T]: ``F.conv1d(x, weight,
+    padding=1)`` computed by :class:`_Conv1dK3Winograd` (a view of time-major memory)."""
+    return _Conv1dK3Winograd.apply(x, weight)
+
+
+def encoder_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a bias-free encoder conv, with the CPU fast paths.
+
+    In float32 on CPU the k3 / stride 1 / padding 1 convs run by Winograd
+    (:func:`conv1d_k3_winograd`, training and inference) and, in training, the others
+    with a GEMM weight gradient (:class:`_Conv1dGemmWeightGrad`). CUDA and autocast take
+    the stock path (cuDNN picks its own algorithms).
+    """
+    cpu32 = (conv.bias is None and x.device.type == "cpu" and x.dtype == torch.float32
+             and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+             and conv.dilation == (1,) and conv.groups == 1 and isinstance(conv.padding, tuple))
+    if cpu32 and conv.kernel_size == (3,) and conv.stride == (1,) and conv.padding == (1,):
+        return conv1d_k3_winograd(x, conv.weight)
+    if cpu32 and torch.is_grad_enabled() and conv.weight.requires_grad:
+        return _Conv1dGemmWeightGrad.apply(x, conv.weight, conv.stride[0], conv.padding[0])
+    return conv(x)
 
 
 class SpeechEncoder(nn.Module):
@@ -81,18 +216,21 @@ class SpeechEncoder(nn.Module):
         """
         if mel.dim() != 3 or mel.shape[1] != self.in_channels:
             raise ValueError(f"SpeechEncoder expects mel [B, {self.in_channels}, T], got {list(mel.shape)}")
-        _check_lengths(lengths, mel.shape[0], mel.shape[-1], MIN_MEL_FRAMES, "SpeechEncoder")
+        full = _check_lengths(lengths, mel.shape[0], mel.shape[-1], MIN_MEL_FRAMES, "SpeechEncoder")
         lengths = lengths.to(device=mel.device, dtype=torch.long)
         x = mel
         for conv, norm, (k, s, p) in zip(self.convs, self.norms, ENCODER_CONVS):
             # Zero padding in, so every valid output sees the zeros it would see alone.
-            x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
-            x = conv(x)
+            # Without padding (crops) every output frame is valid and masks are identities.
+            if not full:
+                x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+            x = encoder_conv(conv, x)
             lengths = conv1d_out_lengths(lengths, k, s, p)
-            x = torch.relu(norm(x, lengths))
-        mask = lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1)
-        # The 1x1 conv reads one frame at a time, so masking its output (bias) is enough.
-        out = self.out(x) * mask.to(x.dtype)
+            x = torch.relu_(norm(x, None if full else lengths))
+        out = self.out(x)
+        if not full:
+            # The 1x1 conv reads one frame at a time, so masking its output (bias) is enough.
+            out = out * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
         return out, lengths
 
 
@@ -123,7 +261,7 @@ class SpeechDecoder(nn.Module):
     """Quantized latents + speaker -> mel spectrogram at twice the latent rate.
 
     Nearest upsampling x2, a speaker embedding concatenated to every frame, a bidirectional
-    GRU over the packed sequence, and a linear projection to ``n_mels``.
+    GRU that never reads padding, and a linear projection to ``n_mels``.
     """
 
     def __init__(
@@ -155,17 +293,60 @@ class SpeechDecoder(nn.Module):
         if z_q.dim() != 3 or z_q.shape[1] != self.in_channels:
             raise ValueError(f"SpeechDecoder expects z_q [B, {self.in_channels}, T'], got {list(z_q.shape)}")
         batch, _, steps = z_q.shape
-        _check_lengths(lengths, batch, steps, 1, "SpeechDecoder")
+        full = _check_lengths(lengths, batch, steps, 1, "SpeechDecoder")
         if speakers.shape != (batch,):
             raise ValueError(f"SpeechDecoder: speakers must have shape [{batch}], got {list(speakers.shape)}")
         out_lengths = 2 * lengths.to(device=z_q.device, dtype=torch.long)
         x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
         spk = self.speaker_embedding(speakers.to(z_q.device))  # [B, E]
         x = torch.cat([x, spk.unsqueeze(1).expand(-1, 2 * steps, -1).to(x.dtype)], dim=-1)
-        # Packing keeps the backward direction from starting in the padding.
-        packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        h, _ = self.rnn(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
+        if full:
+            # No padding: the plain GRU computes what the packed one would, without the
+            # packing, the per-step batch bookkeeping and the unpacking.
+            h, _ = self.rnn(x)
+        elif x.device.type == "cpu":
+            h = self._padded_bigru(x, out_lengths)
+        else:
+            # Packing keeps the backward direction from starting in the padding (cuDNN
+            # runs packed sequences natively).
+            packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+            h, _ = self.rnn(packed)
+            h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
         mel = self.proj(h).transpose(1, 2)  # [B, n_mels, 2T']
+        if full:
+            return mel, out_lengths
         mask = lengths_to_mask(out_lengths, 2 * steps).unsqueeze(1)
         return mel * mask.to(mel.dtype), out_lengths
+
+    def _padded_bigru(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The bidirectional GRU on a padded batch, equal to the packed one at valid steps.
+
+        x [B, T, I], lengths [B] -> [B, T, 2H]; values past each length are unspecified.
+        Each direction runs unpacked: the forward one reads the valid steps before any
+        padding, and the backward one runs on each item reversed within its own length
+        (padding stays at the end), then is reversed back. So a valid output never sees
+        padding, in values or gradients. On CPU this is several times faster than the
+        packed GRU, whose per-step batch bookkeeping grows with batch and length
+        (bench/README.md: 26 items x 350 steps, forward + backward, 7.8 s packed vs 2.0 s).
+        """
+        rnn = self.rnn
+        steps = x.shape[1]
+        t = torch.arange(steps, device=x.device).unsqueeze(0)
+        n = lengths.unsqueeze(1)
+        rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
+        h0 = x.new_zeros(1, x.shape[0], rnn.hidden_size)
+        out = x
+        for layer in range(rnn.num_layers):
+            dirs = []
+            for suffix in ("", "_reverse"):
+                params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = out if not suffix else _gather_time(out, rev)
+                h = torch.gru(inp, h0, params, True, 1, 0.0, self.training, False, True)[0]
+                dirs.append(h if not suffix else _gather_time(h, rev))
+            out = torch.cat(dirs, dim=-1)
+        return out
+
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, T, C], index [B, T] -> x[b, index[b, t], :]."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
