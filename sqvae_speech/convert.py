@@ -392,6 +392,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-speaker", type=int, default=2, help="--make-list: source utterances per speaker (default 2)")
     p.add_argument("--min-seconds", type=float, default=1.5, help="--make-list: shortest source in seconds (default 1.5)")
     p.add_argument("--speakers", help="--make-list: comma-separated speakers (default: every speaker the data dir and the model share)")
+    p.add_argument("--targets", help="--make-list: comma-separated target speakers, each a training speaker of the model "
+                                     "(default: those of --speakers the model knows)")
     p.add_argument("--vocoder", choices=VOCODERS, default="world", help="world (default) or griffinlim")
     p.add_argument("--out", required=True, help="output dir: <name>.wav, <name>.png, conversion.json, index.html")
     p.add_argument("--feats", help="feature store holding the source utterances")
@@ -419,8 +421,9 @@ def run(args: argparse.Namespace) -> int:
         known = load_model(args.exp)[0].config.speakers
         wanted = args.speakers.split(",") if args.speakers else [s for s in read_datadir(args.make_list).speakers
                                                                   if s in known]
-        items = make_conversion_list(args.make_list, args.per_speaker, args.min_seconds, wanted,
-                                     [s for s in wanted if s in known])
+        # an explicit target the model does not know is an error (run_conversion names it)
+        targets = args.targets.split(",") if args.targets else [s for s in wanted if s in known]
+        items = make_conversion_list(args.make_list, args.per_speaker, args.min_seconds, wanted, targets)
         data, where = data or args.make_list, f"--make-list {args.make_list}"
     manifest = run_conversion(args.exp, items, args.out, args.vocoder, args.feats, data, args.f0_stats, args.f0_method,
                               args.gl_iters, args.seed, args.device, args.progress, where=where,

@@ -99,7 +99,9 @@ def make_zerospeech2019(root: Path, sound_dir: Path, eval_items: list[list[str]]
     train/unit: ``unit_speakers`` (voices cs-m, cs-v); train/voice: V001, V002 (nl-m,
     nl-v); train/parallel/voice: the files of ``eval_items`` (other clips of the same
     voices); train/parallel/source: files named like the first unit speaker with the same
-    ids (unused by the recipes, there for the layout); test: 2 files of a speaker S002.
+    ids (unused by the recipes, there for the layout); test: 2 files each of speakers S002
+    (the voice of the second unit speaker) and S003 (the first one's), clips not used for
+    training.
     """
     eng = root / "english"
     voice_of = dict(zip((*unit_speakers, "V001", "V002"), VOICES))
@@ -115,7 +117,8 @@ def make_zerospeech2019(root: Path, sound_dir: Path, eval_items: list[list[str]]
                 write_clip(clip, root / f"{rel}.wav", 16000)
                 source_name = f"{unit_speakers[0]}_{Path(rel).name.split('_', 1)[1]}.wav"
                 write_clip(clips[-1], eng / "train" / "parallel" / "source" / source_name, 16000)
-        if spk == unit_speakers[1]:
+        test_speaker = {unit_speakers[1]: "S002", unit_speakers[0]: "S003"}.get(spk)
+        if test_speaker:
             for j, clip in enumerate(clips[-2:]):
-                write_clip(clip, eng / "test" / f"S002_{_file_id('S002', j)}.wav", 16000)
+                write_clip(clip, eng / "test" / f"{test_speaker}_{_file_id(test_speaker, j)}.wav", 16000)
     return root

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 from corpus_trees import make_vctk
@@ -146,15 +147,15 @@ def test_prepare_writes_the_split(trees: dict[str, Path], tmp_path: Path) -> Non
 def test_prepare_skips_missing_and_broken_files(trees: dict[str, Path], tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(trees["0.92"], corpus)
-    (corpus / "wav48_silence_trimmed" / "p225" / "p225_005_mic2.flac").write_bytes(b"not audio at all")
+    (corpus / "wav48_silence_trimmed" / "p225" / "p225_009_mic2.flac").write_bytes(b"not audio at all")
     (corpus / "wav48_silence_trimmed" / "p225" / "log.txt").write_text("recording notes\n")
     summary = vctk.prepare(corpus, tmp_path / "out", mic="mic2", test_per_speaker=1)
     assert summary.skipped["no mic2 file"] == ["p226_003"]
-    assert summary.skipped["unreadable header"] == ["p225_005"]
+    assert summary.skipped["unreadable header"] == ["p225_009"]
     assert summary.skipped["not named like VCTK"] == [str(corpus / "wav48_silence_trimmed" / "p225" / "log.txt")]
     utts = set(read_datadir(tmp_path / "out" / "train").utt2spk) | set(read_datadir(tmp_path / "out" / "test").utt2spk)
-    assert len(utts) == 13 and "p225_005" not in utts and "p226_003" not in utts
-    assert "skipped (unreadable header): 1: p225_005" in summary.table()
+    assert len(utts) == 13 and "p225_009" not in utts and "p226_003" not in utts
+    assert "skipped (unreadable header): 1: p225_009" in summary.table()
     # too few utterances left for any test set: a clear error, not an empty data dir
     for f in (corpus / "wav48_silence_trimmed").glob("*/*_00[13]_mic1.flac"):
         f.unlink()
@@ -204,7 +205,9 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 
 
 def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
-    """Stages 0-4 on VCTK 0.92 (mic2): data dirs, features, two models, the dB^2 table."""
+    """Stages 0-6 on VCTK 0.92 (mic2) with p227 held out: data dirs, features, two models,
+    the dB^2 table, Griffin-Lim conversion of seen and unseen speakers with a listening
+    page, the ZeroSpeech export of data/test with its bitrate, and ABX with an item file."""
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     for name in ("run.sh", "path.sh"):
@@ -212,19 +215,28 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
     for name in ("local", "conf"):
         shutil.copytree(RECIPE / name, recipe / name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    # ABX items on the one test utterance (p225's): two tokens of a 'phone' a, one of b
+    # (the audio does not hold these phones; the file only has to be well-formed)
+    items = tmp_path / "test.item"
+    items.write_text("#file onset offset #phone prev-phone next-phone speaker\n" + "".join(
+        f"p225_009 {t:.2f} {t + 0.2:.2f} {ph} x y p225\n" for t, ph in ((0.05, "a"), (0.30, "b"), (0.55, "a"))))
     opts = ["--corpus-dir", str(trees["0.92"]), "--mic", "mic2", "--test-per-speaker", "1", "--nj", "1",
+            "--heldout-speakers", "p227", "--convert-per-speaker", "1", "--vocoder", "griffinlim",
             "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema"]
-    r = _run_recipe(recipe, *opts)
+    r = _run_recipe(recipe, *opts, "--abx-item", str(items))
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(5):
+    for stage in range(7):
         assert f"Stage {stage}:" in r.stderr
     assert "VCTK 0.92 (wav48_silence_trimmed, mic2)" in r.stdout
     assert "skipped (no mic2 file): 1: p226_003" in r.stdout
     train, test = read_datadir(recipe / "data" / "train"), read_datadir(recipe / "data" / "test")
-    assert {s: len(u) for s, u in train.spk2utt.items()} == {"p225": 4, "p226": 4, "p227": 4}
-    assert {s: len(u) for s, u in test.spk2utt.items()} == {"p225": 1, "p227": 1}  # p226 has 4: none held out
+    heldout = read_datadir(recipe / "data" / "heldout")
+    assert {s: len(u) for s, u in train.spk2utt.items()} == {"p225": 4, "p226": 4}
+    assert {s: len(u) for s, u in test.spk2utt.items()} == {"p225": 1}  # p226 has 4: none held out
+    assert {s: len(u) for s, u in heldout.spk2utt.items()} == {"p227": 5}
+    assert test.utterances == ["p225_009"]
     assert all(p.endswith("_mic2.flac") for p in train.wav_scp.values())
-    for split, dd in (("train", train), ("test", test)):
+    for split, dd in (("train", train), ("test", test), ("heldout", heldout)):
         store = FeatureStore.open(recipe / "feats" / split)
         assert store.utt2spk() == dd.utt2spk
         # 48 kHz audio resampled to 16 kHz: 100 frames per second
@@ -233,12 +245,57 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
         assert store[utt].shape[0] == 80 and abs(store.frames(utt) - 100 * seconds) <= 2
     for variant in ("gaussian_1", "vqvae_ema"):
         result = json.loads((recipe / "exp" / variant / "results.json").read_text())
-        assert result["variant"] == variant and result["step"] == 12 and result["num_utterances"] == 2
-        assert set(result["per_speaker_mse_db2"]) == {"p225", "p227"}
+        assert result["variant"] == variant and result["step"] == 12 and result["num_utterances"] == 1
+        assert set(result["per_speaker_mse_db2"]) == {"p225"}
         assert 0 < result["mse_db2"] < 10_000
     table = (recipe / "exp" / "RESULTS.md").read_text()
     assert "Gaussian SQ-VAE (I)" in table and "VQ-VAE w/ EMA" in table
     assert "| Gaussian SQ-VAE (IV) | 24.68 +- 0.21 |" in table and "24.68 +- 0.21" in r.stdout
+
+    # stage 5: the targets are the first training speakers (p225, p226); the sources their
+    # held-out utterances (p226 has none) and the unseen speaker p227; Griffin-Lim needs
+    # no F0 statistics
+    assert "--vocoder griffinlim: no F0 statistics needed" in r.stderr
+    assert not (recipe / "feats" / "train" / "f0_stats.json").exists()
+    conv = recipe / "exp" / "gaussian_1" / "conversion"
+    manifest = json.loads((conv / "conversion.json").read_text())
+    assert manifest["vocoder"] == "griffinlim"
+    assert sorted((it["source_speaker"], it["target"]) for it in manifest["items"]) == [
+        ("p225", "p225"), ("p225", "p226"), ("p227", "p225"), ("p227", "p226")]
+    assert {it["source"] for it in manifest["items"]} <= {"p225_009", *heldout.utterances}
+    page = (conv / "index.html").read_text()
+    wavs = sorted(conv.glob("*.wav"))
+    assert len(wavs) == 4 and all(w.name in page for w in wavs)
+    for w in wavs:
+        info = soundfile.info(w)
+        assert info.samplerate == 16000 and info.frames > 8000
+
+    # stage 6: <utt>.txt per test utterance, one latent frame (20 ms) per line, D = 8
+    # values (the tiny config); bitrate; ABX (one speaker: within only)
+    store = FeatureStore.open(recipe / "feats" / "test")
+    t = store.frames("p225_009") - store.frames("p225_009") % 2
+    for variant in ("gaussian_1", "vqvae_ema"):
+        zs = recipe / "exp" / variant / "zerospeech"
+        rows = {}
+        for kind in ("quantized", "auxiliary"):
+            assert sorted(f.name for f in (zs / kind).glob("*.txt")) == ["p225_009.txt"]
+            rows[kind] = np.loadtxt(zs / kind / "p225_009.txt", ndmin=2)
+            assert rows[kind].shape == ((t - 2) // 2, 8)
+        assert len(np.unique(rows["quantized"], axis=0)) <= 32 < len(np.unique(rows["auxiliary"], axis=0))
+        rate = json.loads((zs / "bitrate.json").read_text())
+        assert rate["files"] == 1 and rate["frames"] == (t - 2) // 2 and 1 <= rate["symbols"] <= 32
+        assert rate["bitrate"] == pytest.approx(rate["frames"] / rate["duration_s"] * rate["entropy_bits"])
+        abx = json.loads((recipe / "exp" / variant / "abx.json").read_text())
+        assert list(abx) == ["log-mel (model input)", f"{variant} auxiliary (z)", f"{variant} quantized (z_q)"]
+        for result in abx.values():
+            assert result["items"] == 3 and result["within"]["triplets"] > 0
+            assert 0 <= result["within"]["error"] <= 100 and result["across"]["error"] is None
+    assert "ABX skipped" not in r.stderr
+
+    # a held-out (or unknown) speaker cannot be a target: the model has no embedding for it
+    r = _run_recipe(recipe, *opts, "--stage", "5", "--convert-speakers", "p225,p227")
+    assert r.returncode != 0
+    assert "--convert-speakers: 'p227' is not a training speaker" in r.stderr and "only those: p225 p226" in r.stderr
 
     # a rerun skips the finished stages; other options do not reuse data/ silently
     r = _run_recipe(recipe, *opts, "--stop-stage", "3")

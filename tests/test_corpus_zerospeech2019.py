@@ -11,7 +11,9 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 from corpus_trees import (
     REFERENCE_EVAL_LIST,
     make_zerospeech2019,
@@ -121,14 +123,14 @@ def test_prepare_writes_train_eval_test(corpus: Path, eval_list: Path, tmp_path:
     assert all("/train/voice/" in p for u, p in train.wav_scp.items() if u.startswith("V"))
     assert ev.utterances == ["V001_0000000047", "V001_0000000074", "V002_0000000112", "V002_0000000140"]
     assert all("/train/parallel/voice/" in p for p in ev.wav_scp.values())
-    assert test.speakers == ["S002"] and len(test.utterances) == 2
+    assert test.speakers == ["S002", "S003"] and len(test.utterances) == 4
     assert not set(train.utt2spk) & set(ev.utt2spk)
     # the `utt spk` list for `sqvae-speech evaluate --list`, in the JSON's order
     listed = read_evaluate_list(out / "eval_list.txt")
     assert listed == [(Path(p).name, s) for p, s in json.loads(eval_list.read_text())]
     assert summary.eval == {"V001": 2, "V002": 2} and len(summary.train) == 4
     assert "4 training speakers" in summary.table()
-    assert json.loads((out / "prepare.json").read_text())["test"][0] == 2
+    assert json.loads((out / "prepare.json").read_text())["test"][0] == 4
 
     # without a list: all of parallel/voice; a cap keeps the same first utterances per speaker
     capped = tmp_path / "capped"
@@ -189,8 +191,23 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 """
 
 
-def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path) -> None:
-    """Stages 0-4: data dirs, features, two models, the dB^2 table on the (reduced) list."""
+def write_abx_items(path: Path, test_dir: Path) -> list[str]:
+    """A tiny ABX item file on the test files: in each, two tokens of a 'phone' a and one
+    of b, all in the context x_y (the audio does not hold these phones; the file only has
+    to be well-formed: times within the files, two phones, two speakers)."""
+    rows = []
+    files = sorted(f.stem for f in test_dir.glob("*.wav"))
+    for name in files:
+        for onset, phone in ((0.05, "a"), (0.30, "b"), (0.55, "a")):
+            rows.append(f"{name} {onset:.2f} {onset + 0.2:.2f} {phone} x y {name.split('_')[0]}")
+    path.write_text("#file onset offset #phone prev-phone next-phone speaker\n" + "\n".join(rows) + "\n")
+    return files
+
+
+def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Stages 0-6: data dirs, features, two models, the dB^2 table on the (reduced) list,
+    WORLD conversion of the test speakers to V001 / V002 with a listening page, the
+    submission layout of english/test with its bitrate, and ABX with an item file."""
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     for name in ("run.sh", "path.sh", REFERENCE_EVAL_LIST.name):
@@ -198,11 +215,13 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path) -> Non
     for name in ("local", "conf"):
         shutil.copytree(RECIPE / name, recipe / name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    test_files = write_abx_items(tmp_path / "test.item", corpus / "english" / "test")
+    assert [f.split("_")[0] for f in test_files] == ["S002", "S002", "S003", "S003"]
     opts = ["--corpus-dir", str(corpus), "--eval-list", str(eval_list), "--nj", "1",
-            "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema"]
-    r = _run_recipe(recipe, *opts)
+            "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema", "--convert-per-speaker", "1"]
+    r = _run_recipe(recipe, *opts, "--abx-item", str(tmp_path / "test.item"))
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(5):
+    for stage in range(7):
         assert f"Stage {stage}:" in r.stderr
     assert "on the 4 utterances of data/eval_list.txt" in r.stderr
     train = read_datadir(recipe / "data" / "train")
@@ -219,6 +238,74 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path) -> Non
     table = (recipe / "exp" / "RESULTS.md").read_text()
     assert "Gaussian SQ-VAE (I)" in table and "VQ-VAE w/ EMA" in table
     assert "| Gaussian SQ-VAE (IV) | 32.32 +- 0.88 |" in table and "32.32 +- 0.88" in r.stdout
+
+    # stage 5: F0 statistics of the target voices only; each source speaker's first
+    # utterance (the test speakers' and, as references, V001's and V002's held-out
+    # recordings) decoded as V001 and as V002 with WORLD, on one page
+    f0 = json.loads((recipe / "feats" / "train" / "f0_stats.json").read_text())
+    assert sorted(f0["speakers"]) == ["V001", "V002"]
+    assert (recipe / "feats" / "train" / ".f0_stats.done").read_text().split() == ["V001", "V002"]
+    conv = recipe / "exp" / "gaussian_1" / "conversion"
+    manifest = json.loads((conv / "conversion.json").read_text())
+    assert manifest["vocoder"] == "world" and manifest["f0_norm"] == "utterance"
+    items = manifest["items"]
+    assert sorted((it["source_speaker"], it["target"]) for it in items) == sorted(
+        (s, t) for s in ("S002", "S003", "V001", "V002") for t in ("V001", "V002"))
+    assert {it["source"] for it in items if it["source_speaker"].startswith("S")} <= set(test_files)
+    assert {it["source"] for it in items if it["source_speaker"].startswith("V")} <= {
+        Path(rel).name for rel, _ in json.loads(eval_list.read_text())}
+    page = (conv / "index.html").read_text()
+    wavs = sorted(conv.glob("*.wav"))
+    assert len(wavs) == 8 and all(w.name in page for w in wavs)
+    for w in wavs:
+        info = soundfile.info(w)
+        assert info.samplerate == 16000 and info.frames > 8000
+    assert "listening page: exp/gaussian_1/conversion/index.html" in r.stderr
+
+    # stage 6: english/test in the submission layout, one file per test utterance named
+    # as in the corpus, one latent frame (20 ms) per line, D = 8 values (the tiny config)
+    store = FeatureStore.open(recipe / "feats" / "test")
+    for variant in ("gaussian_1", "vqvae_ema"):
+        english = recipe / "exp" / variant / "submission" / "english"
+        for kind in ("test", "auxiliary_embedding1"):
+            assert sorted(f.stem for f in (english / kind).glob("*.txt")) == test_files
+            for name in test_files:
+                rows = np.loadtxt(english / kind / f"{name}.txt", ndmin=2)
+                t = store.frames(name) - store.frames(name) % 2
+                assert rows.shape == ((t - 2) // 2, 8), (kind, name)
+        quantized = np.concatenate([np.loadtxt(english / "test" / f"{n}.txt", ndmin=2) for n in test_files])
+        auxiliary = np.concatenate([np.loadtxt(english / "auxiliary_embedding1" / f"{n}.txt", ndmin=2) for n in test_files])
+        # z_q: codebook vectors (at most K = 32 distinct rows); z: continuous
+        assert len(np.unique(quantized, axis=0)) <= 32 < len(np.unique(auxiliary, axis=0))
+        rate = json.loads((recipe / "exp" / variant / "bitrate.json").read_text())
+        assert rate["files"] == 4 and rate["frames"] == len(quantized) and 1 <= rate["symbols"] <= 32
+        assert rate["duration_s"] == pytest.approx(sum(store.frames(n) for n in test_files) / 100)
+        assert rate["bitrate"] == pytest.approx(rate["frames"] / rate["duration_s"] * rate["entropy_bits"])
+        abx = json.loads((recipe / "exp" / variant / "abx.json").read_text())
+        assert list(abx) == ["log-mel (model input)", f"{variant} auxiliary (z)", f"{variant} quantized (z_q)"]
+        for result in abx.values():
+            assert result["items"] == 12 and result["speakers"] == 2 and result["phones"] == 2
+            for condition in ("within", "across"):
+                assert result[condition]["triplets"] > 0 and 0 <= result[condition]["error"] <= 100
+        assert f"{variant} quantized (z_q)" in (recipe / "exp" / variant / "abx.md").read_text()
+
+    # a rerun of stage 6 keeps the written files; without an item file ABX is skipped,
+    # saying how to run it
+    r = _run_recipe(recipe, *opts, "--stage", "6", "--variants", "gaussian_1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("0 file(s) written, 4 already there") == 2
+    assert "ABX skipped: no --abx-item" in r.stderr and "--abx-item FILE" in r.stderr
+    # a target speaker the model was not trained on: a clear error from the recipe, and
+    # from `convert` itself
+    r = _run_recipe(recipe, *opts, "--stage", "5", "--stop-stage", "5", "--convert-targets", "V001 V003")
+    assert r.returncode != 0
+    assert "--convert-targets: 'V003' is not a training speaker" in r.stderr and "S015 S020 V001 V002" in r.stderr
+    assert cli_main(["convert", "--exp", str(recipe / "exp" / "gaussian_1"), "--make-list", str(recipe / "data" / "test"),
+                     "--targets", "V001,V003", "--vocoder", "griffinlim", "--out", str(tmp_path / "conv")]) == 2
+    assert "target speaker 'V003' is unknown to the model; known speakers: S015, S020, V001, V002" in capsys.readouterr().err
+    assert not (tmp_path / "conv").exists()
+    r = _run_recipe(recipe, *opts, "--stage", "6", "--abx-item", str(tmp_path / "missing.item"))
+    assert r.returncode != 0 and "--abx-item" in r.stderr and "missing.item is not a file" in r.stderr
 
     # a rerun skips what is done; the default list (the paper's 190) fails on this corpus,
     # naming the missing files, before anything is written

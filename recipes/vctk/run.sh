@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # CSTR VCTK Corpus (0.80 or 0.92): corpus check -> Kaldi data dirs -> log-mel features
-# -> SQ-VAE (I, III, IV) / VQ-VAE training -> the paper's dB^2 table (Table 3, VCTK).
+# -> SQ-VAE (I, III, IV) / VQ-VAE training -> the paper's dB^2 table (Table 3, VCTK)
+# -> voice conversion with a listening page -> ZeroSpeech-format export, bitrate (and ABX).
 # Every step is a stage; `./run.sh --corpus-dir PATH --stage 2 --stop-stage 2` reruns one.
 # Stages that finish leave a .done marker, and a rerun skips them (delete it to redo).
 # See README.md for the layouts, the split, CPU and multi-GPU runs and the paper's numbers.
 set -euo pipefail
 
 stage=0                  # first stage to run
-stop_stage=4             # last stage to run
+stop_stage=6             # last stage to run
 corpus_dir=""            # the VCTK dir (wav48/ for 0.80, wav48_silence_trimmed/ for 0.92) or the dir above it
 vctk_version=auto        # auto (detected from the layout), 0.80 or 0.92
 mic=mic1                 # 0.92 only: mic1 (DPA 4035) or mic2 (Sennheiser MKH 800)
@@ -22,20 +23,32 @@ steps=0                  # training steps per variant; 0: the config's train.ste
 launcher=sqvae-speech    # runs `train`; multi-GPU: "accelerate launch --multi_gpu --num_processes 4 -m sqvae_speech.cli"
 train_opts=""            # more `train` arguments; write --train-opts="--set train.batch_size=13" (the value starts with --)
 exp=exp                  # experiment root: one dir per variant, exp/<variant>
+convert_speakers=""      # stage 5: training speakers to decode as, their data/test utterances converted too; empty: the first 4 of data/train/spk2utt
+convert_per_speaker=2    # stage 5: source utterances per speaker (each >= 1.5 s if possible); held-out speakers are sources as well
+vocoder=world            # stage 5: world (F0 from the source, converted to the target) or griffinlim
+f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own log-F0 statistics (utterance) or the source speaker's (speaker)
+abx_item=""              # stage 6: ABX item file on the utterances of data/test (#file = utterance id); empty: no ABX
 
 help_message="Usage: $0 --corpus-dir PATH [options]
 Stages: 0 check the corpus, 1 data dirs (data/train, data/test[, data/heldout]),
 2 features (feats/<set>), 3 train each variant (exp/<variant>),
 4 evaluate on feats/test and print the dB^2 table next to the paper's
-(exp/RESULTS.md, exp/curves.png); all written next to run.sh."
+(exp/RESULTS.md, exp/curves.png), 5 F0 statistics (feats/train/f0_stats.json) and voice
+conversion of held-out speech (data/test, data/heldout) by the first variant, with a
+listening page (exp/<variant>/conversion/index.html), 6 ZeroSpeech 2019 export of
+feats/test (exp/<variant>/zerospeech/{quantized,auxiliary}) and its bitrate
+(exp/<variant>/zerospeech/bitrate.json); with --abx-item FILE also ABX
+(exp/<variant>/abx.md); all written next to run.sh."
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/parse_options.sh"
 . "$SQVAE_ROOT/tools/log.sh"
 
-for v in stage stop_stage nj test_per_speaker max_utts_per_speaker steps; do
+for v in stage stop_stage nj test_per_speaker max_utts_per_speaker steps convert_per_speaker; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { log "error: --${v//_/-} must be a non-negative integer, not '${!v}'"; exit 1; }
 done
+case $vocoder in world|griffinlim) ;; *) log "error: --vocoder must be world or griffinlim, not '$vocoder'"; exit 1;; esac
+case $f0_norm in utterance|speaker) ;; *) log "error: --f0-norm must be utterance or speaker, not '$f0_norm'"; exit 1;; esac
 if [ -z "$corpus_dir" ]; then
   log "error: --corpus-dir is required: the CSTR VCTK Corpus (0.80 or 0.92) from the University of" \
     "Edinburgh DataShare, https://datashare.ed.ac.uk/handle/10283/3443 (0.92) or .../10283/2651 (0.80)"
@@ -45,6 +58,10 @@ fi
 # Paths given on the command line are relative to where the user is; the recipe works
 # in its own directory.
 corpus_dir=$(realpath -m -- "$corpus_dir")
+if [ -n "$abx_item" ]; then
+  [ -f "$abx_item" ] || { log "error: --abx-item $abx_item is not a file"; exit 1; }
+  abx_item=$(realpath -- "$abx_item")
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
 . ./path.sh
 
@@ -123,7 +140,79 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "table: $exp/RESULTS.md, training curves: $exp/curves.png"
 fi
 
-# Stages 5 (conversion demo page) and 6 (export) come with the conversion and export
-# modules.
+# True when word $1 is one of the words $2.
+in_list() { [[ " $(echo $2) " == *" $1 "* ]]; }
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: F0 statistics, voice conversion and a listening page"
+  for x in $sets; do
+    [ -f data/$x/spk2utt ] || { log "error: data/$x/spk2utt not found: run stage 1 first"; exit 1; }
+  done
+  train_speakers=$(cut -d' ' -f1 data/train/spk2utt)
+  targets=$(echo ${convert_speakers//,/ })
+  if [ -z "$targets" ]; then targets=$(echo $(echo "$train_speakers" | head -n 4)); fi
+  for spk in $targets; do
+    if ! in_list "$spk" "$train_speakers"; then
+      log "error: --convert-speakers: '$spk' is not a training speaker (data/train/spk2utt); the model decodes" \
+        "only those: $(echo $train_speakers). Held-out speakers (--heldout-speakers) are converted from, never to."
+      exit 1
+    fi
+  done
+  # Sources: the targets' held-out utterances (data/test; a speaker with none is a target
+  # only) and every held-out speaker's utterances (data/heldout: unseen speakers).
+  sources="" source_dirs=data/test
+  for spk in $targets; do
+    if in_list "$spk" "$(cut -d' ' -f1 data/test/spk2utt)"; then sources="$sources $spk"; fi
+  done
+  if [ -n "$heldout_speakers" ]; then
+    sources="$sources $(echo $(cut -d' ' -f1 data/heldout/spk2utt))"
+    source_dirs="$source_dirs data/heldout"
+  fi
+  sources=$(echo $sources)
+  [ -n "$sources" ] || { log "error: none of $targets has an utterance in data/test, and there are no held-out speakers"; exit 1; }
+  bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/sources "$sources" $source_dirs
+  f0_opts=""
+  if [ "$vocoder" = world ]; then
+    # WORLD maps F0 to each target's log-F0 statistics: harvest on 50 training
+    # utterances per target speaker (not all speakers: ~3 min of speech each).
+    if [ -f feats/train/.f0_stats.done ] && [ "$(cat feats/train/.f0_stats.done)" = "$targets" ]; then
+      log "feats/train/.f0_stats.done exists (speakers $targets): skipping the F0 statistics"
+    else
+      bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/train "$targets" data/train
+      sqvae-speech f0-stats data/convert/train feats/train/f0_stats.json --nj $nj --max-utts-per-speaker 50 \
+        --config "$feature_config" --no-progress
+      echo "$targets" > feats/train/.f0_stats.done
+    fi
+    f0_opts="--f0-stats feats/train/f0_stats.json"
+  else
+    log "--vocoder $vocoder: no F0 statistics needed"
+  fi
+  v=${variants%% *}  # the first variant of stage 3
+  # each source speaker's first utterances, decoded as every target (itself included)
+  sqvae-speech convert --exp $exp/$v --make-list data/convert/sources --speakers ${sources// /,} \
+    --targets ${targets// /,} --per-speaker $convert_per_speaker --feats feats/test $f0_opts \
+    --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
+  log "listening page: $exp/$v/conversion/index.html"
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: ZeroSpeech 2019 export and bitrate of feats/test${abx_item:+, ABX with $abx_item}"
+  for v in $variants; do
+    for kind in quantized auxiliary; do
+      # <utt>.txt per held-out utterance, one 50 Hz frame per line (a rerun skips written files)
+      sqvae-speech export --exp $exp/$v --feats feats/test --out $exp/$v/zerospeech/$kind --kind $kind --no-progress
+    done
+    sqvae-speech bitrate $exp/$v/zerospeech/quantized --json $exp/$v/zerospeech/bitrate.json
+    if [ -n "$abx_item" ]; then
+      sqvae-speech abx --features feats/test $exp/$v/zerospeech/auxiliary $exp/$v/zerospeech/quantized \
+        --labels "log-mel (model input)" "$v auxiliary (z)" "$v quantized (z_q)" \
+        --items "$abx_item" --out $exp/$v/abx.json --table $exp/$v/abx.md --no-progress
+    fi
+  done
+  if [ -z "$abx_item" ]; then
+    log "ABX skipped: no --abx-item. To score the exports, pass --abx-item FILE, an item file" \
+      "('#file onset offset #phone prev-phone next-phone speaker', #file an utterance id of data/test)"
+  fi
+fi
 
 log "Done (stages $stage to $stop_stage)"
