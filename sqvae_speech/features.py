@@ -34,33 +34,65 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.fft
-import torch
 
 from .audio import downmix, peak_normalize, preemphasis, resample
 from .config import FeatureConfig
 from .errors import AudioError
 
+if TYPE_CHECKING:
+    # torch is imported inside the batched functions: extraction workers on the numpy
+    # path then start ~1.5 s sooner (bench/README.md, feature extraction).
+    import torch
+
 _DEFAULT = FeatureConfig()
 
 
-@functools.lru_cache(maxsize=16)
-def _mel_basis(config: FeatureConfig) -> np.ndarray:
-    """``[n_mels, 1 + n_fft // 2]`` float64 Slaney mel filterbank."""
-    import librosa  # slow import (numba), only needed once per config
+# Slaney's mel scale (librosa's htk=False): linear below 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3.0
+_SLANEY_LOG_HZ = 1000.0
+_SLANEY_LOG_MEL = _SLANEY_LOG_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = float(np.log(6.4) / 27.0)
 
-    return librosa.filters.mel(
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        n_mels=config.n_mels,
-        fmin=config.fmin,
-        fmax=config.fmax,
-        htk=False,
-        norm="slaney",
-        dtype=np.float64,
-    )
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = _SLANEY_LOG_MEL + np.log(np.maximum(hz, _SLANEY_LOG_HZ) / _SLANEY_LOG_HZ) / _SLANEY_LOG_STEP
+    return np.where(hz >= _SLANEY_LOG_HZ, log_part, hz / _SLANEY_HZ_PER_MEL)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = _SLANEY_LOG_HZ * np.exp(_SLANEY_LOG_STEP * (np.maximum(mel, _SLANEY_LOG_MEL) - _SLANEY_LOG_MEL))
+    return np.where(mel >= _SLANEY_LOG_MEL, log_part, mel * _SLANEY_HZ_PER_MEL)
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(config: FeatureConfig) -> np.ndarray:
+    """``[n_mels, 1 + n_fft // 2]`` float64 Slaney mel filterbank: triangles between
+    ``n_mels + 2`` points equally spaced on Slaney's mel scale from fmin to fmax, each
+    scaled to unit area (norm='slaney').
+
+    This is ``librosa.filters.mel(htk=False, norm='slaney', dtype=float64)``, which
+    tests/test_features.py holds it equal to (1e-12). It is computed here because
+    importing ``librosa.filters`` pulls in ``scipy.signal``, ~0.85 s in every process
+    that extracts features: ~7 % of extracting the embedded corpus with ``--nj 2``.
+    """
+    sr, n_fft = config.sample_rate, config.n_fft
+    fmax = config.fmax if config.fmax is not None else sr / 2.0
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(config.fmin), _hz_to_mel(fmax), config.n_mels + 2))  # [M + 2] Hz
+    bins = np.fft.rfftfreq(n_fft, d=1.0 / sr)  # [F] Hz
+    width = np.diff(edges)  # [M + 1]
+    ramps = edges[:, None] - bins[None, :]  # [M + 2, F]
+    rising = -ramps[:-2] / width[:-1, None]
+    falling = ramps[2:] / width[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # [M, F]
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    weights.setflags(write=False)  # cached: shared by every caller
+    return weights
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,7 +104,7 @@ def _mel_blocks(config: FeatureConfig, block: int = 64) -> tuple[tuple[int, int,
     the blocks hold only the band ranges a bin range reaches (~7k of 82k weights at the
     protocol's settings) and the projection costs a fraction of the dense matrix product.
     """
-    basis = _mel_basis(config).astype(np.float32)
+    basis = mel_filterbank(config).astype(np.float32)
     blocks = []
     for b0 in range(0, basis.shape[1], block):
         b1 = min(basis.shape[1], b0 + block)
@@ -161,12 +193,14 @@ def _to_db_scaled(mel: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _torch_constants(config: FeatureConfig, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(``[n_fft]`` window zero-padded as librosa does, ``[n_mels, F]`` mel basis), float32."""
+    import torch
+
     off = _window_offset(config)
     win = np.zeros(config.n_fft)
     win[off : off + config.win_length] = _hann(config.win_length)
     return (
         torch.tensor(win, dtype=torch.float32, device=device),
-        torch.tensor(_mel_basis(config), dtype=torch.float32, device=device),
+        torch.tensor(mel_filterbank(config), dtype=torch.float32, device=device),
     )
 
 
@@ -176,6 +210,8 @@ def _stack(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded ``[B, N]`` float32 and ``[B]`` int64 lengths on ``device``."""
+    import torch
+
     if isinstance(wavs, torch.Tensor):
         if wavs.dim() != 2:
             raise AudioError(f"logmel_batch: a tensor input must be [B, N], got shape {tuple(wavs.shape)}")
@@ -203,6 +239,8 @@ def _stack(
 def _reflect_index(lens: torch.Tensor, n_out: int, pad: int) -> torch.Tensor:
     """``[B, n_out]`` source index of padded position p (signal index p - pad) per item,
     reflecting at the item's own ends with np.pad('reflect') semantics (period 2(n-1))."""
+    import torch
+
     j = torch.arange(n_out, device=lens.device) - pad  # [P]
     n = lens[:, None]
     period = (2 * (n - 1)).clamp(min=1)
@@ -233,6 +271,8 @@ def logmel_batch(
         reflect-padded and clipped on its own samples only: its features do not depend on
         what else is in the batch.
     """
+    import torch
+
     cfg = config or _DEFAULT
     device = torch.device(device)
     x, lens = _stack(wavs, lengths, device)
@@ -287,6 +327,8 @@ def _mel_project(mel_basis: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
     on; ~1e-3 relative error, ~0.01 dB), so it runs in float64 there: a small product next
     to the STFT. Autocast is off so a caller's mixed-precision region cannot reach it.
     """
+    import torch
+
     with torch.autocast(device_type=spec.device.type, enabled=False):
         if spec.device.type == "cuda":
             return torch.matmul(mel_basis.double(), spec.double()).float()
@@ -304,6 +346,8 @@ def logmel_many(
 
     Returns ``[n_mels, T_i]`` float32 arrays in the input order.
     """
+    import torch
+
     if batch_size < 1:
         raise AudioError(f"logmel_many: batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))

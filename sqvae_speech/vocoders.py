@@ -73,11 +73,10 @@ class WorldAnalysis(NamedTuple):
 @functools.lru_cache(maxsize=4)
 def mel_basis(config: FeatureConfig) -> np.ndarray:
     """``[n_mels, 1 + n_fft // 2]`` float64 Slaney mel filterbank, the one the features apply
-    (``librosa.filters.mel``, htk=False, norm='slaney'; tests hold the two equal)."""
-    import librosa
+    (:func:`sqvae_speech.features.mel_filterbank`, equal to ``librosa.filters.mel``)."""
+    from .features import mel_filterbank
 
-    return librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
-                               fmax=config.fmax, htk=False, norm="slaney", dtype=np.float64)
+    return mel_filterbank(config)
 
 
 def mel_to_linear(mel: np.ndarray, config: FeatureConfig | None = None, method: str = "pinv") -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 from sqvae_speech.audio import load_audio
 from sqvae_speech.config import FeatureConfig
 from sqvae_speech.errors import AudioError
-from sqvae_speech.features import logmel, logmel_batch, logmel_many, num_frames
+from sqvae_speech.features import logmel, logmel_batch, logmel_many, mel_filterbank, num_frames
 
 TOL_DB = 0.01
 
@@ -69,6 +69,20 @@ def test_logmel_matches_librosa_reference(clips, channels: str, rate: int) -> No
     assert got.dtype == np.float32
     assert got.shape == (80, 1 + len(y) // 160) == expect.shape
     assert db_diff(got, expect) < TOL_DB
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # the protocol's: 16 kHz, n_fft 2048, 80 bands from 50 Hz
+    {"sample_rate": 22050, "n_fft": 1024, "n_mels": 40, "fmin": 0.0, "fmax": 8000.0},
+    {"sample_rate": 8000, "n_fft": 512, "n_mels": 64, "fmin": 20.0},
+])
+def test_mel_filterbank_is_librosas(settings: dict) -> None:
+    cfg = FeatureConfig(**settings)
+    expect = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                                 fmax=cfg.fmax, htk=False, norm="slaney", dtype=np.float64)
+    got = mel_filterbank(cfg)
+    assert got.shape == expect.shape == (cfg.n_mels, 1 + cfg.n_fft // 2)
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-15)
 
 
 def test_shape_and_value_range(speech16k: np.ndarray) -> None:
