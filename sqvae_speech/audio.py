@@ -1,5 +1,5 @@
-"""Audio input: read (whole file or a segment), downmix, resample, peak-normalize,
-pre-emphasis.
+"""Audio input: read (whole file or a segment, at once or block by block for long
+recordings), downmix, resample, peak-normalize, pre-emphasis.
 
 Everything returns float32 1-D numpy arrays ``[N]``. Anything wrong with a file (missing,
 not audio, empty, truncated, NaN samples, a segment past its end) raises
@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import soundfile as sf
@@ -31,6 +33,9 @@ SILENCE_THRESHOLD = 1e-4
 # A segment may end this far past the end of its file (rounded times in Kaldi `segments`
 # files); it is then cut at the file's end, as Kaldi's extract-segments does by default.
 MAX_OVERSHOOT_S = 0.5
+
+# Frames per read of :func:`stream_audio` (16 s at 16 kHz: 1 MB of float32 per channel).
+STREAM_BLOCK_FRAMES = 2**18
 
 # libsndfile logs "data : 32000 (should be 15978)" when a WAV/AIFF header promises more
 # sample bytes than the file holds; it then silently reads only what is there.
@@ -50,12 +55,20 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
+@overload
+def load_audio(path: str | os.PathLike, sample_rate: int, start: float | None = None, end: float | None = None,
+               *, max_samples: None = None) -> np.ndarray: ...
+@overload
+def load_audio(path: str | os.PathLike, sample_rate: int, start: float | None = None, end: float | None = None,
+               *, max_samples: int) -> np.ndarray | None: ...
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int,
     start: float | None = None,
     end: float | None = None,
-) -> np.ndarray:
+    *,
+    max_samples: int | None = None,
+) -> np.ndarray | None:
     """Read ``path`` as mono float32 at ``sample_rate``.
 
     Args:
@@ -63,9 +76,12 @@ def load_audio(
         sample_rate: output rate in Hz; the file is resampled (soxr HQ) if it differs.
         start, end: optional segment ``[start, end)`` in seconds; only that slice is read.
             ``end`` up to :data:`MAX_OVERSHOOT_S` past the file's end is cut at the end.
+        max_samples: if given and the result would hold more samples, return None
+            without decoding anything (the caller streams such a recording instead;
+            one open of the file serves both the length check and the read).
 
     Returns:
-        ``[N]`` float32, channels averaged.
+        ``[N]`` float32, channels averaged; None when longer than ``max_samples``.
 
     Raises:
         AudioError: missing / unreadable / empty / truncated file, non-finite samples, or a
@@ -80,6 +96,8 @@ def load_audio(
             if frames <= 0:
                 raise AudioError(f"{path}: zero-length audio (no samples); remove it from the data dir")
             first, last = _segment_frames(path, sr, frames, start, end)
+            if max_samples is not None and _resampled_length(last - first, sr, sample_rate) > max_samples:
+                return None
             if first:
                 f.seek(first)
             data = f.read(last - first, dtype="float32", always_2d=True)
@@ -93,10 +111,78 @@ def load_audio(
     if not np.isfinite(data).all():
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise AudioError(f"{path}: {bad} NaN or infinite samples; the file is corrupt")
-    wav = downmix(data)
+    wav = _mono(data)
     if sr != sample_rate:
         wav = resample(wav, sr, sample_rate)
     return wav
+
+
+def stream_audio(
+    path: str | os.PathLike,
+    sample_rate: int,
+    start: float | None = None,
+    end: float | None = None,
+    block_frames: int = STREAM_BLOCK_FRAMES,
+) -> Iterator[np.ndarray]:
+    """:func:`load_audio` in blocks, for recordings too long to hold at once.
+
+    Yields ``[n_i]`` float32 mono blocks at ``sample_rate`` whose concatenation equals
+    ``load_audio(path, sample_rate, start, end)`` sample for sample (soxr's streaming
+    resampler gives the one-shot call's samples); memory stays at one block of
+    ``block_frames`` file frames plus the resampler's state. Raises the same
+    :class:`AudioError` as ``load_audio`` for a bad file, a bad segment, truncation or
+    non-finite samples, the latter two when the reading reaches them.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from None
+    with f:
+        sr, frames = int(f.samplerate), int(f.frames)
+        _check_not_truncated(path, f.extra_info, frames)
+        if frames <= 0:
+            raise AudioError(f"{path}: zero-length audio (no samples); remove it from the data dir")
+        first, last = _segment_frames(path, sr, frames, start, end)
+        n_out = _resampled_length(last - first, sr, sample_rate)
+        stream = None if sr == sample_rate else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
+        pos, emitted = first, 0
+        try:
+            if first:
+                f.seek(first)
+            while pos < last:
+                want = min(block_frames, last - pos)
+                data = f.read(want, dtype="float32", always_2d=True)
+                if data.shape[0] < want:
+                    raise AudioError(
+                        f"{path}: truncated: header says {frames} frames but reading stopped at "
+                        f"{pos + data.shape[0]}; re-create or re-download the file"
+                    )
+                if not np.isfinite(data).all():
+                    bad = pos + int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
+                    raise AudioError(f"{path}: NaN or infinite samples (the first at frame {bad}); the file is corrupt")
+                pos += want
+                block = _mono(data)
+                if stream is not None:
+                    block = stream.resample_chunk(block, last=pos >= last)
+                block = block[: n_out - emitted]
+                emitted += block.shape[0]
+                if block.shape[0]:
+                    yield np.ascontiguousarray(block, dtype=np.float32)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from None
+        if emitted < n_out:  # soxr delivered fewer samples than librosa's length: zero-pad
+            yield np.zeros(n_out - emitted, dtype=np.float32)
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """``[N, C]`` soundfile frames -> ``[N]`` float32 channel mean (also when N < C)."""
+    return data.mean(axis=1).astype(np.float32, copy=False)
+
+
+def _resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
+    return n if orig_sr == target_sr else math.ceil(n * target_sr / orig_sr)
 
 
 def _check_exists(path: Path) -> None:

@@ -10,6 +10,7 @@ picked up and are cleaned on the next save.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import random
 import re
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import ExperimentConfig, config_diff
-from .errors import CheckpointError, SQVAEError
+from .errors import CheckpointError, DiskFullError, SQVAEError
 from .fileio import atomic_torch_save
 
 FORMAT = "sqvae-speech-checkpoint"
@@ -86,13 +87,23 @@ def load_scheduler_state(scheduler: Any, state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(exp_dir: str | Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    """Write ``payload`` (model, optimizer, ...) plus format/step atomically; keep the newest ``keep``."""
+    """Write ``payload`` (model, optimizer, ...) plus format/step atomically; keep the newest ``keep``.
+
+    A full disk raises :class:`DiskFullError` naming the newest complete checkpoint, which
+    (like every older one) is left untouched: pruning happens only after a good save.
+    """
     d = checkpoint_dir(exp_dir)
     d.mkdir(parents=True, exist_ok=True)
     for stale in d.glob(".tmp-*"):
         stale.unlink(missing_ok=True)
     path = d / f"ckpt-{step:08d}.pt"
-    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "step": step, **payload})
+    try:
+        atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "step": step, **payload})
+    except DiskFullError as e:
+        latest = latest_checkpoint(exp_dir)
+        last = (f"the newest complete checkpoint is {latest} (--resume continues from it)" if latest
+                else "no checkpoint was written before (--resume starts from step 0)")
+        raise DiskFullError(f"{e}; {last}", e.errno or errno.ENOSPC) from e
     for _, old in list_checkpoints(exp_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -163,6 +174,6 @@ def check_same_setup(saved: ExperimentConfig, requested: ExperimentConfig, saved
     if diffs:
         lines = "\n  ".join(diffs)
         raise CheckpointError(
-            f"{requested_name} does not match {saved_name}:\n  {lines}\n"
+            f"{requested_name} does not match {saved_name} (each line: saved value vs requested value):\n  {lines}\n"
             "resume with the original settings, or train into a new --exp directory"
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -30,23 +31,32 @@ class ConfigBase:
     def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         data = dict(data or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        prefix = f"{where}: " if where else ""
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            prefix = f"{where}: " if where else ""
+            named = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, fields, n=1)) else f"'{k}'"
+                     for k in unknown]
             raise ConfigError(
-                f"{prefix}unknown config key(s) {', '.join(unknown)} in section "
+                f"{prefix}unknown config key(s) {', '.join(named)} in section "
                 f"'{cls.__name__}'; valid keys: {', '.join(sorted(fields))}"
             )
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
             sub = _dataclass_of(hints[name])
-            if sub is not None and isinstance(value, dict):
-                value = sub.from_dict(value, where=f"{where}{'.' if where else ''}{name}")
+            if sub is not None and not isinstance(value, sub):
+                if value is not None and not isinstance(value, dict):
+                    raise ConfigError(f"{prefix}'{name}' in section '{cls.__name__}' must be a mapping of "
+                                      f"{sub.__name__} settings, got {value!r}")
+                value = sub.from_dict(value, where=f"{where}{'.' if where else ''}{name}")  # None: defaults
             elif isinstance(value, list) and _is_tuple(hints[name]):
                 value = tuple(value)
             kwargs[name] = value
         obj = cls(**kwargs)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in kwargs and _dataclass_of(hints[f.name]) is None:
+                value = _coerce(getattr(obj, f.name), hints[f.name], f"{prefix}'{f.name}' in section '{cls.__name__}'")
+                object.__setattr__(obj, f.name, value)
         validate = getattr(obj, "validate", None)
         if validate is not None:
             validate()
@@ -54,6 +64,45 @@ class ConfigBase:
 
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against a field's type hint (int, float, str, bool, ``X | None``,
+    ``tuple[X, ...]``); a float field also takes an int or a numeric string (YAML 1.1 reads
+    ``4e-4`` as a string). A value of another type is a :class:`ConfigError`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], what) if len(inner) == 1 else value
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{what} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{what} item {i}") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{what} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{what} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{what} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{what} must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{what} must be a string, got {value!r} (YAML reads no/yes/off/on as booleans: "
+                              "quote the value, e.g. 'no')")
+        if not isinstance(value, str):
+            raise ConfigError(f"{what} must be a string, got {value!r}")
+    return value
 
 
 def _dataclass_of(hint: Any) -> Any:
@@ -205,6 +254,12 @@ class ExperimentConfig(ConfigBase):
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        _check(self.model.n_mels == self.features.n_mels,
+               f"model.n_mels is {self.model.n_mels} but features.n_mels is {self.features.n_mels}: the model reads "
+               f"the feature store's mel bands; set model.n_mels: {self.features.n_mels} (or extract features with "
+               f"n_mels {self.model.n_mels})")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

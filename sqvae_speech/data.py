@@ -73,9 +73,9 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i: int) -> Item:
         utt = self.utts[i]
-        mel = self.store[utt]
-        start = int(torch.randint(0, mel.shape[1] - self.window + 1, ()).item())
-        return Item(np.ascontiguousarray(mel[:, start : start + self.window]), self.speakers[i], utt)
+        # Only the crop is read: a crop of a 3-hour recording costs what one of 3 s does.
+        start = int(torch.randint(0, self.store.frames(utt) - self.window + 1, ()).item())
+        return Item(self.store.segment(utt, start, start + self.window), self.speakers[i], utt)
 
 
 class UtteranceDataset(Dataset):
@@ -121,14 +121,14 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, i: int) -> Item:
         utt = self.utts[i]
-        mel = self.store[utt]
-        t = mel.shape[1]
+        t = self.store.frames(utt)
+        start = 0
         if self.max_frames is not None and t > self.max_frames:
             start = int(torch.randint(0, t - self.max_frames + 1, ()).item())
-            mel = mel[:, start : start + self.max_frames]
             t = self.max_frames
         t -= t % 2
-        return Item(np.ascontiguousarray(mel[:, :t]), self.speakers[i], utt)
+        # Only the frames used are read (a crop of a long recording stays small).
+        return Item(self.store.segment(utt, start, start + t), self.speakers[i], utt)
 
 
 def collate(items: Sequence[Item]) -> Batch:

@@ -5,6 +5,8 @@ subclass of :class:`SQVAEError` whose message names the file, line, utterance or
 at fault and says what to do. The CLI prints these without a traceback and exits 2.
 """
 
+import errno
+
 
 class SQVAEError(Exception):
     """Base class for errors that are the input's fault, not the program's."""
@@ -36,3 +38,23 @@ class NonFiniteError(SQVAEError):
 
 class CorpusError(SQVAEError):
     """A corpus directory does not have the expected layout or files."""
+
+
+class DiskFullError(SQVAEError, OSError):
+    """A file could not be written because its file system is full (ENOSPC) or over quota.
+
+    Raised by :mod:`sqvae_speech.fileio` for any atomic write, so the file being written
+    was left as it was (the previous version intact, or absent) and no partial file
+    remains. An :class:`OSError` with ``errno`` ENOSPC (or EDQUOT), so code that handles
+    ``OSError`` keeps working.
+    """
+
+    def __init__(self, message: str, err: int = errno.ENOSPC) -> None:
+        OSError.__init__(self, err, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        # OSError pickles as (errno, strerror); keep our argument order (worker -> parent).
+        return (type(self), (str(self.strerror), int(self.errno or errno.ENOSPC)))

@@ -135,7 +135,7 @@ def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Pa
     t0 = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt_path = load_model(exp_or_ckpt)
-    store = FeatureStore.open(feats_dir, expect_config=cfg.features)
+    store = FeatureStore.open(feats_dir, expect_config=cfg.features, expected_by=f"checkpoint {ckpt_path}")
     if eval_list is not None:
         items = read_eval_list(eval_list)
         source = str(eval_list)

@@ -25,7 +25,8 @@ time_i = time_offset + i / rate.
 
 Utterances run in length-bucketed padded batches; the masked model makes that equal to
 one at a time. Files are written atomically, so a rerun skips those already there
-(resume); a different export into the same dir is refused unless ``--overwrite``.
+(resume; a killed run's partial ``.tmp-*`` files are removed); a different export into the
+same dir is refused unless ``--overwrite``. Features holding NaN or inf are refused.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def export_features(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt = load_model(exp, map_location="cpu")
     model.eval().to(device)
-    store = FeatureStore.open(feats, expect_config=cfg.features)
+    store = FeatureStore.open(feats, expect_config=cfg.features, expected_by=f"checkpoint {ckpt}")
     if utts is None:
         utts = sorted(names) if names else store.utterances
     utts = list(utts)
@@ -250,12 +251,19 @@ def export_features(
     ext = FORMATS[file_format]
     resume = old is not None and not overwrite
     todo = [u for u in todo_utts if not (resume and (out_dir / (names[u] + ext)).is_file())]
+    for d in {(out_dir / (names[u] + ext)).parent for u in todo}:
+        for stray in d.glob(".tmp-*") if d.is_dir() else ():
+            stray.unlink(missing_ok=True)  # a killed writer's partial file (fileio's temporary names)
     atomic_write_json(out_dir / META, {**meta, "complete": False})
     items = [(u, store.frames(u) - store.frames(u) % 2) for u in todo]
     batches = bucket_batches([t for _, t in items], max_frames)
     with torch.no_grad(), tqdm(total=len(todo), desc=f"export {kind}", unit="utt", disable=not progress) as bar:
         for idx in batches:
             batch = collate([Item(store[items[i][0]][:, : items[i][1]], 0, items[i][0]) for i in idx])
+            if not torch.isfinite(batch.mels).all():
+                bad = [u for u, m in zip(batch.utts, batch.mels) if not torch.isfinite(m).all()]
+                raise ExportError(f"features of {', '.join(bad)} in {store.path} contain NaN/inf; re-extract them "
+                                  f"(files already written to {out_dir} are kept)")
             enc = model.encode(batch.mels.to(device), batch.lengths.to(device))
             values = {"quantized": enc.quantized, "indices": enc.indices, "auxiliary": enc.z}[kind].cpu()
             for b, utt in enumerate(batch.utts):

@@ -13,6 +13,13 @@ the shards belong to, so shards of other settings are never mixed in.
 Bad input (unreadable, truncated, empty or silent audio, non-finite features) never stops
 the run: the utterance goes to ``failed.txt`` as ``utt-id<TAB>reason`` and the command
 exits 1 unless ``--skip-bad``. One FEAT_DIR must not be written by two runs at once.
+A full disk stops the run with :class:`~sqvae_speech.errors.DiskFullError` (exit 2); the
+shards written so far are kept, so the rerun after freeing space only does the rest.
+
+Recordings longer than a minute are read and computed block by block
+(:mod:`sqvae_speech.longaudio`), and shards are written and packed a block at a time, so
+memory stays bounded whatever the length of a recording (a 3-hour file included).
+
 Workers start with multiprocessing's forkserver (spawn where there is none), so a script
 calling :func:`extract` with ``nj > 1`` needs the usual ``if __name__ == "__main__":``.
 """
@@ -21,12 +28,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import sys
+import tempfile
 import time
+import zipfile
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -35,7 +47,7 @@ import numpy as np
 
 from .config import FeatureConfig, load_yaml
 from .datadir import read_datadir, utterance_audio
-from .errors import AudioError, ConfigError, FeatureStoreError
+from .errors import AudioError, ConfigError, DiskFullError, FeatureStoreError
 from .featstore import INDEX, FeatureStore, config_diff, write_featstore
 from .fileio import atomic_path, atomic_write_json, atomic_write_text
 
@@ -49,6 +61,8 @@ SHARD_SIZE = 100
 # files then costs about as much as the features.
 CPU_BATCH_SIZE = 0
 CUDA_BATCH_SIZE = 32
+# Frames per block when packing shards into the store (10 MB at 80 mels).
+PACK_BLOCK_ROWS = 32768
 PARTS = ".parts"
 FAILED = "failed.txt"
 
@@ -90,7 +104,7 @@ def extract(
     batch_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    shard_size: int = SHARD_SIZE,
+    shard_size: int | None = None,
     max_shards: int | None = None,
 ) -> ExtractSummary:
     """Extract log-mel features of every utterance of ``data_dir`` into ``feat_dir``.
@@ -102,7 +116,7 @@ def extract(
             (default :data:`CPU_BATCH_SIZE` / :data:`CUDA_BATCH_SIZE`); 0 uses the numpy
             reference :func:`~sqvae_speech.features.logmel` per utterance.
         overwrite: rebuild an existing complete store.
-        shard_size: utterances per shard; part of the resume plan.
+        shard_size: utterances per shard (default :data:`SHARD_SIZE`); part of the resume plan.
         max_shards: compute at most this many missing shards, then stop without packing
             (a stand-in for a killed run in tests; ``complete`` is then False).
 
@@ -112,6 +126,7 @@ def extract(
     t0 = time.perf_counter()
     config = config or FeatureConfig()
     feat_dir = Path(feat_dir)
+    shard_size = SHARD_SIZE if shard_size is None else shard_size
     if nj < 1 or shard_size < 1:
         raise ConfigError(f"--nj and the shard size must be >= 1, got {nj} and {shard_size}")
     batch_size = _check_device(device, batch_size)
@@ -131,7 +146,11 @@ def extract(
     missing = [k for k in range(len(shards)) if not _shard_path(parts, k).is_file()]
     done_utts = len(items) - sum(len(shards[k]) for k in missing)
     todo = missing if max_shards is None else missing[:max_shards]
-    computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items), done_utts)
+    try:
+        computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items), done_utts)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again",
+                            e.errno or errno.ENOSPC) from e
 
     stats: dict[str, Any] = {
         "feat_dir": feat_dir, "computed_seconds": sum(r["seconds"] for r in computed),
@@ -142,7 +161,11 @@ def extract(
         failed, seconds, _ = _shard_totals(parts, len(shards))
         return ExtractSummary(num_utterances=len(items), failed=failed, audio_seconds=seconds,
                               wall_seconds=time.perf_counter() - t0, complete=False, **stats)
-    store, failed, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint, data_dir)
+    try:
+        store, failed, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint, data_dir)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them",
+                            e.errno or errno.ENOSPC) from e
     return ExtractSummary(num_utterances=len(store), failed=failed, audio_seconds=seconds,
                           wall_seconds=time.perf_counter() - t0, complete=True, **stats)
 
@@ -214,11 +237,12 @@ def _shard_path(parts: Path, k: int) -> Path:
 # ------------------------------------------------------------------------------ workers
 
 
-def _init_worker() -> None:
-    import torch
+def _init_worker(use_torch: bool) -> None:
+    if use_torch:
+        import torch
 
-    # nj processes share the cores; intra-op threads on top would oversubscribe them.
-    torch.set_num_threads(1)
+        # nj processes share the cores; intra-op threads on top would oversubscribe them.
+        torch.set_num_threads(1)
 
 
 def _compute_shard(
@@ -226,46 +250,120 @@ def _compute_shard(
 ) -> dict[str, Any]:
     """Features of one shard, written atomically to ``out`` (.npz) as feats
     [sum T, n_mels] float32 (utterances back to back), lengths [U], utts [U],
-    seconds [U], failed_utts [F], failed_reasons [F]. Returns small stats."""
-    from .audio import is_silent, load_audio
+    seconds [U], failed_utts [F], failed_reasons [F]. Returns small stats.
+
+    Recordings longer than :data:`~sqvae_speech.longaudio.STREAM_MIN_SECONDS` are read and
+    computed block by block (:mod:`sqvae_speech.longaudio`) into scratch files next to
+    ``out`` and copied into the shard in blocks: memory stays bounded however long they are.
+    """
+    from .audio import SILENCE_THRESHOLD, is_silent, load_audio
+    from .longaudio import STREAM_MIN_SECONDS, LongLogmel, logmel_long, signal_peak
 
     cpu0 = time.process_time()
     cfg = FeatureConfig.from_dict(config)
+    max_samples = int(STREAM_MIN_SECONDS * cfg.sample_rate)
     failed: dict[str, str] = {}
     utts, wavs = [], []
-    for utt, path, start, end in items:
-        try:
-            wav = load_audio(path, cfg.sample_rate, start, end)
-        except AudioError as e:
-            failed[utt] = str(e)
-            continue
-        if is_silent(wav):
-            failed[utt] = f"{path}: silent audio (peak {float(np.abs(wav).max(initial=0.0)):.1e}), nothing to learn from"
-            continue
-        utts.append(utt)
-        wavs.append(wav)
-    kept: list[tuple[str, np.ndarray, float]] = []
-    for utt, wav, feats in zip(utts, wavs, _features(utts, wavs, cfg, batch_size, device, failed)):
-        if feats is None:
-            continue
-        if feats.shape[0] != cfg.n_mels or feats.shape[1] == 0 or not np.isfinite(feats).all():
-            failed[utt] = f"features of shape {tuple(feats.shape)} are empty or hold NaN/inf"
-            continue
-        kept.append((utt, feats, len(wav) / cfg.sample_rate))
-    rows = np.concatenate([f.T for _, f, _ in kept]) if kept else np.zeros((0, cfg.n_mels))
-    bad = sorted(failed)
-    with atomic_path(out, suffix=".npz") as tmp:
-        np.savez(
-            tmp,
-            feats=rows.astype(np.float32, copy=False),
-            lengths=np.array([f.shape[1] for _, f, _ in kept], dtype=np.int64),
-            utts=np.array([u for u, _, _ in kept], dtype=str),
-            seconds=np.array([s for _, _, s in kept], dtype=np.float64),
-            failed_utts=np.array(bad, dtype=str),
-            failed_reasons=np.array([" ".join(failed[u].split()) for u in bad], dtype=str),
-        )
+    long: dict[str, LongLogmel] = {}
+    scratch: list[Path] = []
+    try:
+        for utt, path, start, end in items:
+            try:
+                wav = load_audio(path, cfg.sample_rate, start, end, max_samples=max_samples)
+                if wav is None:  # a long recording: streamed
+                    peak = signal_peak(path, cfg, start, end)
+                    if peak[0] < SILENCE_THRESHOLD:
+                        failed[utt] = f"{path}: silent audio (peak {peak[0]:.1e}), nothing to learn from"
+                        continue
+                    fd, tmp = tempfile.mkstemp(prefix=".tmp-long-", suffix=".f32", dir=Path(out).parent)
+                    os.close(fd)
+                    scratch.append(Path(tmp))
+                    long[utt] = logmel_long(path, tmp, cfg, start, end, peak=peak)
+                    continue
+            except AudioError as e:
+                failed[utt] = str(e)
+                continue
+            if is_silent(wav):
+                failed[utt] = f"{path}: silent audio (peak {float(np.abs(wav).max(initial=0.0)):.1e}), nothing to learn from"
+                continue
+            utts.append(utt)
+            wavs.append(wav)
+        computed = dict(zip(utts, zip(wavs, _features(utts, wavs, cfg, batch_size, device, failed))))
+        kept: list[tuple[str, np.ndarray | LongLogmel, float]] = []
+        for utt, _, _, _ in items:
+            if utt in long:
+                lm = long[utt]
+                if not np.isfinite(lm.db_max):
+                    failed[utt] = f"features of {lm.frames} frames hold NaN/inf"
+                    continue
+                kept.append((utt, lm, lm.samples / cfg.sample_rate))
+            elif utt in computed:
+                wav, feats = computed[utt]
+                if feats is None:
+                    continue
+                if feats.shape[0] != cfg.n_mels or feats.shape[1] == 0 or not np.isfinite(feats).all():
+                    failed[utt] = f"features of shape {tuple(feats.shape)} are empty or hold NaN/inf"
+                    continue
+                kept.append((utt, feats, len(wav) / cfg.sample_rate))
+        _write_shard(Path(out), kept, failed, cfg.n_mels)
+    finally:
+        for p in scratch:
+            p.unlink(missing_ok=True)
     seconds = sum(s for _, _, s in kept)
     return {"shard": shard, "seconds": seconds, "cpu_seconds": time.process_time() - cpu0}
+
+
+def _write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str, str], n_mels: int) -> None:
+    """Write a shard .npz (the layout of ``np.savez``) with ``feats`` streamed in blocks,
+    so a long recording's features never sit in memory whole."""
+    from .longaudio import LongLogmel
+
+    lengths = [f.frames if isinstance(f, LongLogmel) else f.shape[1] for _, f, _ in kept]
+    bad = sorted(failed)
+    arrays = {
+        "lengths": np.array(lengths, dtype=np.int64),
+        "utts": np.array([u for u, _, _ in kept], dtype=str),
+        "seconds": np.array([s for _, _, s in kept], dtype=np.float64),
+        "failed_utts": np.array(bad, dtype=str),
+        "failed_reasons": np.array([" ".join(failed[u].split()) for u in bad], dtype=str),
+    }
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+              "shape": (sum(lengths), n_mels)}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as f, \
+            zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("feats.npy", "w", force_zip64=True) as entry:
+            np.lib.format.write_array_header_1_0(entry, header)
+            for _, feats, _ in kept:
+                for block in feats.blocks() if isinstance(feats, LongLogmel) else [feats]:
+                    entry.write(np.ascontiguousarray(block.T, dtype="<f4").data)
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, arr, allow_pickle=False)
+
+
+def _shard_rows(shard: Path, n_mels: int, lengths: list[int]) -> Iterator[Iterator[np.ndarray]]:
+    """Per utterance of a shard, its features as consecutive ``[n_mels, t]`` blocks read
+    from the .npz in pieces of at most :data:`PACK_BLOCK_ROWS` frames. Each utterance's
+    blocks must be consumed before the next is asked for."""
+    def rows(entry: Any, length: int) -> Iterator[np.ndarray]:
+        left = length
+        while left:
+            k = min(left, PACK_BLOCK_ROWS)
+            data = entry.read(k * n_mels * 4)
+            if len(data) != k * n_mels * 4:
+                raise FeatureStoreError(f"shard {shard} is corrupt (its features end early); delete it and rerun")
+            yield np.frombuffer(data, dtype="<f4").reshape(k, n_mels).T
+            left -= k
+
+    with zipfile.ZipFile(shard) as zf, zf.open("feats.npy") as entry:
+        version = np.lib.format.read_magic(entry)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(entry)
+        if shape != (sum(lengths), n_mels) or fortran or dtype != np.dtype("<f4"):
+            raise FeatureStoreError(f"shard {shard} holds {dtype} {shape}, expected float32 ({sum(lengths)}, {n_mels}); "
+                                    "delete it and rerun")
+        for length in lengths:
+            yield rows(entry, length)
 
 
 def _features(
@@ -303,20 +401,25 @@ def _run_shards(
     with tqdm(total=total, initial=initial, unit="utt", desc="extract", disable=None if progress else True) as bar:
         if min(nj, len(todo)) <= 1:
             # One shard to do (or --nj 1): a worker process would cost more than it saves.
-            # One thread, as in workers: these small ops gain nothing from more, and
+            # One torch thread, as in workers: these small ops gain nothing from more, and
             # spinning threads lose a lot on a busy machine.
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
+            torch = None
+            if batch_size > 0:
+                import torch
+            threads = torch.get_num_threads() if torch else 0
+            if torch:
+                torch.set_num_threads(1)
             try:
                 for k in todo:
                     results.append(_compute_shard(*jobs[k]))
                     bar.update(len(shards[k]))
             finally:
-                torch.set_num_threads(threads)
+                if torch:
+                    torch.set_num_threads(threads)
             return results
-        pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(), initializer=_init_worker)
+        use_torch = batch_size > 0  # the batched torch path (CUDA); 0 = numpy logmel, no torch
+        pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(use_torch),
+                                   initializer=_init_worker, initargs=(use_torch,))
         try:
             futures = {pool.submit(_compute_shard, *jobs[k]): k for k in todo}
             remaining = set(futures)
@@ -330,12 +433,15 @@ def _run_shards(
     return results
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
+def _mp_context(use_torch: bool) -> multiprocessing.context.BaseContext:
     # Workers fork from a clean server that imported the heavy modules once; forking this
-    # process instead could inherit torch/OpenMP state that deadlocks in a child.
+    # process instead could inherit torch/OpenMP state that deadlocks in a child. The
+    # numpy path imports neither torch nor librosa (features.mel_filterbank): their
+    # imports (~1.5 s and ~0.85 s) were ~20 % of extracting the embedded corpus, --nj 2.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["sqvae_speech.features", "sqvae_speech.audio", "librosa.filters"])
+        ctx.set_forkserver_preload(["sqvae_speech.features", "sqvae_speech.audio", "sqvae_speech.longaudio"]
+                                   + (["torch"] if use_torch else []))
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -372,15 +478,15 @@ def _pack(
             f"{feat_dir / FAILED} (first: {first[0]}: {first[1]}); fix the audio or the data dir"
         )
 
-    def blocks():
+    def blocks() -> Iterator[tuple[str, str, Iterator[np.ndarray]]]:
         # Shards are consecutive runs of the sorted utterances: packing them in order
-        # keeps the store sorted, with one shard in memory at a time.
+        # keeps the store sorted; features are copied a block at a time.
         for k in range(n):
-            with np.load(_shard_path(parts, k), allow_pickle=False) as z:
-                feats, offset = z["feats"], 0
-                for utt, length in zip(z["utts"].tolist(), z["lengths"].tolist()):
-                    yield utt, utt2spk[utt], feats[offset : offset + length].T
-                    offset += length
+            shard = _shard_path(parts, k)
+            with np.load(shard, allow_pickle=False) as z:
+                utts, lengths = z["utts"].tolist(), z["lengths"].tolist()
+            for utt, rows in zip(utts, _shard_rows(shard, config.n_mels, lengths)):
+                yield utt, utt2spk[utt], rows
 
     extra = {"extraction": {
         "data_dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint,

@@ -52,8 +52,14 @@ class FeatureStore:
         self._feats: np.ndarray | None = None
 
     @classmethod
-    def open(cls, feat_dir: str | os.PathLike, expect_config: FeatureConfig | None = None) -> FeatureStore:
-        """Open a complete store; ``expect_config`` must equal the config it was built with."""
+    def open(
+        cls, feat_dir: str | os.PathLike, expect_config: FeatureConfig | None = None, expected_by: str | None = None
+    ) -> FeatureStore:
+        """Open a complete store; ``expect_config`` must equal the config it was built with.
+
+        ``expected_by`` names who expects those settings (e.g. ``"checkpoint EXP/ckpt.pt"``)
+        in the error raised when they differ.
+        """
         feat_dir = Path(feat_dir)
         index_file = feat_dir / INDEX
         if not index_file.is_file():
@@ -80,8 +86,9 @@ class FeatureStore:
             raise FeatureStoreError(f"{index_file}: bad feature_config ({e}); {_extract_hint(feat_dir)}") from None
         if expect_config is not None and stored != expect_config:
             diff = config_diff(stored, expect_config)
+            by = f" by {expected_by}" if expected_by else ""
             raise FeatureStoreError(
-                f"feature store {feat_dir} was extracted with other feature settings than expected: {diff}; "
+                f"feature store {feat_dir} was extracted with other feature settings than expected{by}: {diff}; "
                 f"extract again with the expected settings into another directory (or with --overwrite)"
             )
         store = cls(feat_dir, index)
@@ -166,50 +173,58 @@ def config_diff(stored: FeatureConfig, expected: FeatureConfig) -> str:
 
 def write_featstore(
     feat_dir: str | os.PathLike,
-    items: Iterable[tuple[str, str, np.ndarray]],
+    items: Iterable[tuple[str, str, np.ndarray | Iterable[np.ndarray]]],
     config: FeatureConfig,
     num_frames: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> FeatureStore:
-    """Write a store from ``(utt, speaker, feats [n_mels, T])`` items.
+    """Write a store from ``(utt, speaker, feats)`` items, ``feats`` being ``[n_mels, T]``
+    or, for an utterance too long to hold at once, an iterable of consecutive
+    ``[n_mels, T_i]`` blocks (then ``num_frames`` must be given).
 
     Blocks are packed in the order given (streamed items) or sorted by utterance id
     (when ``num_frames`` is None and the items are collected first); readers only
     rely on the index, but sorted packing keeps a data set's reads local.
 
-    ``num_frames`` (the sum of T) lets items stream without being held in memory.
-    ``extra`` adds keys to index.json. Any existing index.json is removed first, so an
-    interrupted rewrite leaves an incomplete store, never a mixed one.
+    ``num_frames`` (the sum of T) lets items stream without being held in memory: the
+    array is written front to back with plain writes (no memory map), so memory stays at
+    one block whatever the store's size, and a full disk is an error (ENOSPC), not a
+    SIGBUS. ``extra`` adds keys to index.json. Any existing index.json is removed first, so
+    an interrupted rewrite leaves an incomplete store, never a mixed one.
     """
     feat_dir = Path(feat_dir)
     n_mels = config.n_mels
     if num_frames is None:
         items = sorted(items, key=lambda item: item[0])
+        if any(not isinstance(f, np.ndarray) for _, _, f in items):
+            raise ValueError("write_featstore: items given as blocks need num_frames")
         num_frames = sum(_rows(f).shape[0] for _, _, f in items)
     feat_dir.mkdir(parents=True, exist_ok=True)
     (feat_dir / INDEX).unlink(missing_ok=True)
     utterances: dict[str, dict[str, Any]] = {}
-    with atomic_path(feat_dir / FEATS, suffix=".npy") as tmp:
-        if num_frames == 0:
-            np.save(tmp, np.zeros((0, n_mels), dtype=np.float32))
-        else:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_frames, n_mels))
-            offset = 0
-            for utt, spk, feats in items:
-                rows = _rows(feats)
-                if rows.ndim != 2 or rows.shape[1] != n_mels or rows.shape[0] == 0:
-                    raise ValueError(f"features of '{utt}' have shape {feats.shape}, expected ({n_mels}, T>0)")
-                if utt in utterances:
-                    raise ValueError(f"utterance '{utt}' written twice to the feature store")
-                if offset + rows.shape[0] > num_frames:
+    with atomic_path(feat_dir / FEATS, suffix=".npy") as tmp, open(tmp, "wb") as out:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                  "shape": (int(num_frames), n_mels)}
+        np.lib.format.write_array_header_1_0(out, header)
+        offset = 0
+        for utt, spk, feats in items:
+            if utt in utterances:
+                raise ValueError(f"utterance '{utt}' written twice to the feature store")
+            frames = 0
+            for block in [feats] if isinstance(feats, np.ndarray) else feats:
+                rows = _rows(block)
+                if rows.ndim != 2 or rows.shape[1] != n_mels:
+                    raise ValueError(f"features of '{utt}' have shape {np.shape(block)}, expected ({n_mels}, T>0)")
+                if offset + frames + rows.shape[0] > num_frames:
                     raise ValueError(f"more frames than num_frames={num_frames} at '{utt}'")
-                out[offset : offset + rows.shape[0]] = rows
-                utterances[utt] = {"offset": offset, "frames": int(rows.shape[0]), "speaker": spk}
-                offset += rows.shape[0]
-            if offset != num_frames:
-                raise ValueError(f"items hold {offset} frames, num_frames said {num_frames}")
-            out.flush()
-            del out
+                out.write(np.ascontiguousarray(rows, dtype="<f4").data)
+                frames += rows.shape[0]
+            if frames == 0:
+                raise ValueError(f"features of '{utt}' have no frames, expected ({n_mels}, T>0)")
+            utterances[utt] = {"offset": offset, "frames": frames, "speaker": spk}
+            offset += frames
+        if offset != num_frames:
+            raise ValueError(f"items hold {offset} frames, num_frames said {num_frames}")
     index = {
         "format": FORMAT,
         "version": VERSION,

@@ -273,11 +273,20 @@ def _progress(enabled: bool, initial: int, total: int):
 
 
 def trim_metrics(exp_dir: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (a killed run may have logged past its last checkpoint)."""
+    """Drop metric lines logged after ``step`` (a killed run may have logged past its last
+    checkpoint, or before its first: ``step`` 0), and a torn last line."""
     path = exp_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+
+    def logged_step(line: str) -> int | None:
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if (s := logged_step(ln)) is not None and s <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -303,8 +312,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, overrides, args.variant, args.feats)
     if args.resume:
         latest = latest_checkpoint(args.exp)
-        if latest is not None:
-            trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]))
+        trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]) if latest is not None else 0)
     summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
                     progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
     if summary["main"]:

@@ -136,12 +136,16 @@ def read_eval_list(path: str | Path) -> list[tuple[str, str]]:
 
 def map_eval_list(pairs: list[tuple[str, str]], root: Path, source: str = "evaluation list") -> list[Utterance]:
     """The corpus files of ``pairs`` (``english/...`` paths without ``.wav``): utterance id
-    = file stem. A speaker that disagrees with the file name, a repeated utterance or a
-    missing file raises :class:`CorpusError` (all missing files are named at once)."""
+    = file stem. A path leaving the corpus (absolute or with ``..``), a speaker that
+    disagrees with the file name, a repeated utterance or a missing file raises
+    :class:`CorpusError` (all missing files are named at once)."""
     out: list[Utterance] = []
     seen: dict[str, int] = {}
     missing = []
     for i, (rel, spk) in enumerate(pairs):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CorpusError(f"{source} item {i}: '{rel}' points outside the corpus at {root}; entries must be "
+                              "corpus-relative paths such as english/test/S002_0379")
         parsed = parse_name(rel)
         if parsed is None:
             raise CorpusError(f"{source} item {i}: '{rel}' is not named <speaker>_<id>")
