@@ -96,7 +96,10 @@ def test_latent_frame_times_follow_the_encoder_receptive_field():
     rate, offset = latent_time_convention(FeatureConfig())
     for i in (10, 14):
         (g,) = torch.autograd.grad(out[0, :, i].sum(), mel, retain_graph=True)
-        support = torch.nonzero(g[0].abs().sum(0)).flatten()
+        # Winograd F(4,3) convolutions mix the frames of a tile and cancel exactly only in
+        # exact arithmetic: frames outside the field get float-rounding-sized gradients.
+        weight = g[0].abs().sum(0)
+        support = torch.nonzero(weight > 1e-5 * weight.max()).flatten()
         assert (int(support.min()), int(support.max())) == (2 * i - 6, 2 * i + 9)
         centre_s = 0.5 * (int(support.min()) + int(support.max())) * 0.01
         assert centre_s == pytest.approx(offset + i / rate)

@@ -1,0 +1,91 @@
+"""Whole-utterance training (``train.batching: utterances``) against the paper's crops.
+
+Two figures, ours only (the authors' code has no whole-utterance mode):
+
+- padding waste of :class:`sqvae_speech.data.BucketBatchSampler` over the real lengths of
+  the embedded corpus's training set, with the ``TrainConfig`` defaults
+  (``max_frames``, ``max_utterance_frames``, ``batch_size``);
+- training throughput in mel frames per second (valid frames, as ``train`` logs them):
+  steps on bucketed whole-utterance batches and on 52 x 34-frame crops, alternating.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from common import Result
+
+from sqvae_speech.config import ModelConfig, TrainConfig
+from sqvae_speech.data import (
+    BucketBatchSampler,
+    UtteranceDataset,
+    collate,
+    padding_waste,
+)
+from sqvae_speech.models import SpeechSQVAE, build_optimizer
+
+WASTE_TARGET = 0.10
+
+
+def run(ctx: Any) -> list[Result]:
+    tc = TrainConfig()
+    store = ctx.train_store
+    ds = UtteranceDataset(store, store.speakers, max_frames=tc.max_utterance_frames)
+    lengths = ds.lengths()
+    sampler = BucketBatchSampler(lengths, max(tc.max_frames, tc.max_utterance_frames), max_batch=tc.batch_size, seed=0)
+    batches = list(sampler)
+    waste = padding_waste(lengths, batches)
+    cfg = {"max_frames": tc.max_frames, "max_utterance_frames": tc.max_utterance_frames, "batch_size": tc.batch_size,
+           "batches_per_epoch": len(batches), "utterances": len(lengths),
+           "mean_items_per_batch": round(sum(len(b) for b in batches) / len(batches), 1)}
+    results = [Result("utterances_padding_waste", "% frames", round(100 * waste, 2), None, None,
+                      f"< {100 * WASTE_TARGET:g} %", waste < WASTE_TARGET, cfg,
+                      note="padded frames / all frames of the bucketed batches, one epoch")]
+    ctx.log(results[-1])
+
+    device = ctx.devices[-1]  # the GPU when there is one
+    torch.manual_seed(0)
+    model = SpeechSQVAE(ModelConfig(variant="gaussian_4", speakers=tuple(store.speakers))).to(device).train()
+    opt = build_optimizer(model, tc.lr)
+    crops = ctx.crop_batch(tc.batch_size)[:3]
+    # A fixed, representative sample of utterance batches: every k-th of the epoch.
+    step = max(1, len(batches) // ctx.utterance_batches)
+    utt_batches = [collate([ds[i] for i in b]) for b in batches[::step][: ctx.utterance_batches]]
+
+    def train_step(mels: torch.Tensor, lens: torch.Tensor, spk: torch.Tensor) -> int:
+        out = model(mels.to(device), lens.to(device), spk.to(device))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return int(lens.sum())
+
+    train_step(*crops)
+    train_step(*utt_batches[0][:3])
+    secs = {"crops": 0.0, "utterances": 0.0}
+    frames = {"crops": 0, "utterances": 0}
+    for b in utt_batches:
+        # alternate: one utterance batch, then crop steps covering about as many frames
+        t0 = time.perf_counter()
+        frames["utterances"] += train_step(*b[:3])
+        secs["utterances"] += time.perf_counter() - t0
+        target = int(b.lengths.sum())
+        done = 0
+        while done < target:
+            t0 = time.perf_counter()
+            done += train_step(*crops)
+            secs["crops"] += time.perf_counter() - t0
+        frames["crops"] += done
+    fps = {k: frames[k] / secs[k] for k in secs}
+    r = Result("utterances_vs_crops_frames_per_s", "frames/s", round(fps["utterances"], 1), round(fps["crops"], 1),
+               round(fps["utterances"] / fps["crops"], 3), ">= 1x", fps["utterances"] >= fps["crops"],
+               config={**cfg, "device": str(device), "sampled_batches": len(utt_batches),
+                       "frames": frames, "seconds": {k: round(v, 2) for k, v in secs.items()}},
+               note="ours in whole-utterance batches (ours column) vs ours on crops (reference column)")
+    results.append(r)
+    ctx.log(r)
+    return results
