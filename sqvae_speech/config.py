@@ -12,13 +12,11 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError
-
-T = TypeVar("T")
 
 
 class ConfigBase:
@@ -28,7 +26,7 @@ class ConfigBase:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> typing.Self:
         data = dict(data or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         prefix = f"{where}: " if where else ""
@@ -62,7 +60,7 @@ class ConfigBase:
             validate()
         return obj
 
-    def replace(self: T, **changes: Any) -> T:
+    def replace(self, **changes: Any) -> typing.Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -24,8 +24,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .checkpoint import (check_same_setup, latest_checkpoint, load_checkpoint,
-                         load_scheduler_state, rng_state, save_checkpoint, scheduler_state, set_rng_state)
+from .checkpoint import (
+    check_same_setup,
+    latest_checkpoint,
+    load_checkpoint,
+    load_scheduler_state,
+    rng_state,
+    save_checkpoint,
+    scheduler_state,
+    set_rng_state,
+)
 from .config import ExperimentConfig, apply_overrides, dump_yaml, load_yaml
 from .data import BucketBatchSampler, CropDataset, UtteranceDataset, collate
 from .errors import ConfigError, NonFiniteError
@@ -54,8 +62,8 @@ def build_loader(cfg: ExperimentConfig, store: FeatureStore, seed: int, pin_memo
                  num_processes: int = 1) -> DataLoader:
     tc = cfg.train
     workers = tc.num_workers
-    common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                                  persistent_workers=workers > 0)
+    common: dict[str, Any] = {"num_workers": workers, "collate_fn": collate, "pin_memory": pin_memory,
+                              "persistent_workers": workers > 0}
     if tc.batching == "crops":
         ds = CropDataset(store, cfg.model.speakers, tc.crop_frames)
         # drop_last on every process: fewer items than batch_size x processes means an
@@ -320,4 +328,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["train", "resolve_config", "build_loader"]
+__all__ = ["build_loader", "resolve_config", "train"]

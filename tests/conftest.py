@@ -13,7 +13,7 @@ from pathlib import Path
 # torch is imported; subprocesses (recipes, accelerate launch) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

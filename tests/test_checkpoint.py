@@ -3,9 +3,21 @@ from collections import Counter
 import pytest
 import torch
 
-from sqvae_speech.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_model,
-                                     load_scheduler_state, save_checkpoint, scheduler_state)
-from sqvae_speech.config import EncoderConfig, ExperimentConfig, ModelConfig, QuantizerConfig
+from sqvae_speech.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    load_scheduler_state,
+    save_checkpoint,
+    scheduler_state,
+)
+from sqvae_speech.config import (
+    EncoderConfig,
+    ExperimentConfig,
+    ModelConfig,
+    QuantizerConfig,
+)
 from sqvae_speech.errors import CheckpointError
 from sqvae_speech.models import SpeechSQVAE
 
@@ -29,7 +41,7 @@ def test_save_prune_and_latest(tmp_path):
 def test_load_model_round_trip(tmp_path):
     cfg, payload = tiny_model_payload()
     save_checkpoint(tmp_path, 7, payload, keep=1)
-    model, loaded_cfg, step, path = load_model(tmp_path)
+    model, loaded_cfg, step, _ = load_model(tmp_path)
     assert step == 7 and loaded_cfg == cfg and not model.training
     for k, v in payload["model"].items():
         assert torch.equal(model.state_dict()[k], v)

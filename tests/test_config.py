@@ -2,8 +2,16 @@ import math
 
 import pytest
 
-from sqvae_speech.config import (ExperimentConfig, FeatureConfig, ModelConfig, TrainConfig, apply_overrides,
-                                 config_diff, dump_yaml, load_yaml)
+from sqvae_speech.config import (
+    ExperimentConfig,
+    FeatureConfig,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    config_diff,
+    dump_yaml,
+    load_yaml,
+)
 from sqvae_speech.errors import ConfigError
 
 

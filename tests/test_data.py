@@ -1,8 +1,15 @@
 import numpy as np
 import torch
 
-from sqvae_speech.data import (MIN_FRAMES, BucketBatchSampler, CropDataset, UtteranceDataset, bucket_batches,
-                               collate, padding_waste)
+from sqvae_speech.data import (
+    MIN_FRAMES,
+    BucketBatchSampler,
+    CropDataset,
+    UtteranceDataset,
+    bucket_batches,
+    collate,
+    padding_waste,
+)
 
 
 def test_bucket_batches_cover_every_index_once_within_budget():

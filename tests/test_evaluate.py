@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_experiment
+
+from sqvae_speech.checkpoint import load_model
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
 from sqvae_speech.errors import FeatureStoreError, SQVAEError
 from sqvae_speech.evaluate import evaluate, evaluate_model, read_eval_list
 from sqvae_speech.featstore import write_featstore
-from sqvae_speech.checkpoint import load_model
 from sqvae_speech.train import train
 
 
@@ -38,7 +38,7 @@ def reference_mse(model, store, items):
 
 
 def test_batched_mse_equals_the_one_at_a_time_formula(trained, real_featstore):
-    model, cfg, step, _ = load_model(trained)
+    model, cfg, _, _ = load_model(trained)
     items = [(u, real_featstore.speaker(u)) for u in real_featstore.utterances]
     ref = reference_mse(model, real_featstore, items)
     batched, usage, per_spk, frames = evaluate_model(model, real_featstore, items, max_frames=4000)

@@ -16,7 +16,13 @@ import torch
 from sqvae_speech.audio import load_audio
 from sqvae_speech.config import FeatureConfig
 from sqvae_speech.errors import AudioError
-from sqvae_speech.features import logmel, logmel_batch, logmel_many, mel_filterbank, num_frames
+from sqvae_speech.features import (
+    logmel,
+    logmel_batch,
+    logmel_many,
+    mel_filterbank,
+    num_frames,
+)
 
 TOL_DB = 0.01
 

@@ -20,10 +20,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
 def test_failure_keeps_previous_file_and_cleans_temp(tmp_path):
     target = tmp_path / "r.json"
     atomic_write_json(target, {"good": True})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert json.loads(target.read_text()) == {"good": True}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
@@ -48,7 +47,7 @@ def test_rename_is_the_commit_point(tmp_path, monkeypatch):
     target = tmp_path / "x.txt"
     seen = []
     real = os.replace
-    monkeypatch.setattr(fileio.os, "replace", lambda a, b: (seen.append((os.path.exists(b))), real(a, b)))
+    monkeypatch.setattr(fileio.os, "replace", lambda a, b: (seen.append(os.path.exists(b)), real(a, b)))
     fileio.atomic_write_text(target, "v1")
     assert seen == [False] and target.read_text() == "v1"
 

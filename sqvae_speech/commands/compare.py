@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from ..errors import SQVAEError
@@ -62,7 +63,7 @@ def plot_curves(exp_dirs: list[str], out: str | Path) -> None:
         steps = [r["step"] for r in m]
         for ax, (key, _) in zip(axes, panels):
             ys = [float("nan") if r.get(key) is None else r[key] for r in m]
-            if key == "log_var_mean" and all(y != y for y in ys):
+            if key == "log_var_mean" and all(math.isnan(y) for y in ys):
                 continue  # the VQ-VAE has no variance
             ax.plot(steps, ys, label=Path(d).name)
     for ax, (key, title) in zip(axes, panels):
