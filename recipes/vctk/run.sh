@@ -171,28 +171,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   sources=$(echo $sources)
   [ -n "$sources" ] || { log "error: none of $targets has an utterance in data/test, and there are no held-out speakers"; exit 1; }
   bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/sources "$sources" $source_dirs
-  f0_opts=""
-  if [ "$vocoder" = world ]; then
-    # WORLD maps F0 to each target's log-F0 statistics: harvest on 50 training
-    # utterances per target speaker (not all speakers: ~3 min of speech each).
-    if [ -f feats/train/.f0_stats.done ] && [ "$(cat feats/train/.f0_stats.done)" = "$targets" ]; then
-      log "feats/train/.f0_stats.done exists (speakers $targets): skipping the F0 statistics"
-    else
-      bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/train "$targets" data/train
-      sqvae-speech f0-stats data/convert/train feats/train/f0_stats.json --nj $nj --max-utts-per-speaker 50 \
-        --config "$feature_config" --no-progress
-      echo "$targets" > feats/train/.f0_stats.done
-    fi
-    f0_opts="--f0-stats feats/train/f0_stats.json"
-  else
-    log "--vocoder $vocoder: no F0 statistics needed"
-  fi
   v=${variants%% *}  # the first variant of stage 3
-  # each source speaker's first utterances, decoded as every target (itself included)
-  sqvae-speech convert --exp $exp/$v --make-list data/convert/sources --speakers ${sources// /,} \
-    --targets ${targets// /,} --per-speaker $convert_per_speaker --feats feats/test $f0_opts \
-    --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
-  log "listening page: $exp/$v/conversion/index.html"
+  bash "$SQVAE_ROOT/tools/convert_page.sh" --exp $exp/$v --sources "$sources" --targets "$targets" \
+    --f0-speakers "$targets" --per-speaker $convert_per_speaker --vocoder $vocoder --f0-norm $f0_norm \
+    --nj $nj --feature-config "$feature_config"
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then

@@ -180,34 +180,18 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   done
   sources=$(echo $sources)
   bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/sources "$sources" data/test data/eval
-  f0_opts=""
-  if [ "$vocoder" = world ]; then
-    # WORLD maps F0 to the targets' log-F0 statistics (and, with --f0-norm speaker, from a
-    # source speaker's when it is a training speaker): harvest on 50 training
-    # utterances per speaker concerned, not on all 102 speakers.
-    f0_speakers=""
-    for spk in $targets $sources; do
-      if in_list "$spk" "$train_speakers" && ! in_list "$spk" "$f0_speakers"; then f0_speakers="$f0_speakers $spk"; fi
-    done
-    f0_speakers=$(echo $f0_speakers)
-    if [ -f feats/train/.f0_stats.done ] && [ "$(cat feats/train/.f0_stats.done)" = "$f0_speakers" ]; then
-      log "feats/train/.f0_stats.done exists (speakers $f0_speakers): skipping the F0 statistics"
-    else
-      bash "$SQVAE_ROOT/tools/subset_data.sh" data/convert/train "$f0_speakers" data/train
-      sqvae-speech f0-stats data/convert/train feats/train/f0_stats.json --nj $nj --max-utts-per-speaker 50 \
-        --config "$feature_config" --no-progress
-      echo "$f0_speakers" > feats/train/.f0_stats.done
-    fi
-    f0_opts="--f0-stats feats/train/f0_stats.json"
-  else
-    log "--vocoder $vocoder: no F0 statistics needed"
-  fi
+  # WORLD maps F0 to the targets' log-F0 statistics (and, with --f0-norm speaker, from a
+  # source speaker's when it is a training speaker): harvest on 50 training
+  # utterances per speaker concerned, not on all 102 speakers.
+  f0_speakers=""
+  for spk in $targets $sources; do
+    if in_list "$spk" "$train_speakers" && ! in_list "$spk" "$f0_speakers"; then f0_speakers="$f0_speakers $spk"; fi
+  done
+  f0_speakers=$(echo $f0_speakers)
   v=${variants%% *}  # the first variant of stage 3
-  # each source speaker's first utterances, decoded as every target
-  sqvae-speech convert --exp $exp/$v --make-list data/convert/sources --speakers ${sources// /,} \
-    --targets ${targets// /,} --per-speaker $convert_per_speaker --feats feats/test $f0_opts \
-    --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
-  log "listening page: $exp/$v/conversion/index.html"
+  bash "$SQVAE_ROOT/tools/convert_page.sh" --exp $exp/$v --sources "$sources" --targets "$targets" \
+    --f0-speakers "$f0_speakers" --per-speaker $convert_per_speaker --vocoder $vocoder --f0-norm $f0_norm \
+    --nj $nj --feature-config "$feature_config"
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
