@@ -172,13 +172,13 @@ def test_packed_batch_norm_zero_padding_and_gradients() -> None:
     assert torch.all(x.grad.masked_select(~mask) == 0)
 
 
-def test_padded_bigru_equals_packed_gru() -> None:
+def test_time_major_bigru_equals_packed_gru() -> None:
     torch.manual_seed(7)
     dec = SpeechDecoder(in_channels=12, n_speakers=3, speaker_embedding_dim=4, hidden_size=10, n_mels=8).train()
     lengths = torch.tensor([13, 4, 9, 1])
     x = torch.randn(4, 26, 16, requires_grad=True)
     out_len = 2 * lengths
-    got = dec._padded_bigru(x, out_len)
+    got = dec._bigru_time_major(x.transpose(0, 1), out_len).transpose(0, 1)
     packed = pack_padded_sequence(x, out_len, batch_first=True, enforce_sorted=False)
     ref, _ = pad_packed_sequence(dec.rnn(packed)[0], batch_first=True, total_length=26)
     mask = lengths_to_mask(out_len, 26).unsqueeze(-1)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .gru import gru_layer
 from .masking import MaskedBatchNorm1d, conv1d_out_lengths, lengths_to_mask
 
 # (kernel_size, stride, padding) of the five encoder convolutions: the single source of
@@ -226,14 +227,18 @@ class SpeechEncoder(nn.Module):
         full = _check_lengths(lengths, mel.shape[0], mel.shape[-1], MIN_MEL_FRAMES, "SpeechEncoder")
         lengths = lengths.to(device=mel.device, dtype=torch.long)
         x = mel
+        zero_padding = False  # is x known to be zero past its lengths?
         for conv, norm, (k, s, p) in zip(self.convs, self.norms, ENCODER_CONVS):
             # Zero padding in, so every valid output sees the zeros it would see alone.
             # Without padding (crops) every output frame is valid and masks are identities.
-            if not full:
+            # A masked batch norm in training already outputs zeros there (ReLU keeps
+            # them), so only the mel and eval-mode activations need the mask.
+            if not full and not zero_padding:
                 x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
             x = encoder_conv(conv, x)
             lengths = conv1d_out_lengths(lengths, k, s, p)
             x = torch.relu_(norm(x, None if full else lengths))
+            zero_padding = norm.training
         out = self.out(x)
         if not full:
             # The 1x1 conv reads one frame at a time, so masking its output (bias) is enough.
@@ -304,56 +309,72 @@ class SpeechDecoder(nn.Module):
         if speakers.shape != (batch,):
             raise ValueError(f"SpeechDecoder: speakers must have shape [{batch}], got {list(speakers.shape)}")
         out_lengths = 2 * lengths.to(device=z_q.device, dtype=torch.long)
-        x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
         spk = self.speaker_embedding(speakers.to(z_q.device))  # [B, E]
-        x = torch.cat([x, spk.unsqueeze(1).expand(-1, 2 * steps, -1).to(x.dtype)], dim=-1)
-        if full:
-            # No padding: the plain GRU computes what the packed one would, without the
-            # packing, the per-step batch bookkeeping and the unpacking.
-            h, _ = self.rnn(x)
-        elif x.device.type == "cpu":
-            h = self._padded_bigru(x, out_lengths)
+        if self._cpu_fast_path(z_q):
+            # Time-major throughout: each GRU step then reads and writes contiguous rows.
+            x = torch.repeat_interleave(z_q.permute(2, 0, 1), 2, dim=0)  # [2T', B, C]
+            x = torch.cat([x, spk.unsqueeze(0).expand(2 * steps, -1, -1)], dim=-1)
+            h = self._bigru_time_major(x, None if full else out_lengths)  # [2T', B, 2H]
+            mel = self.proj(h).permute(1, 2, 0)  # [B, n_mels, 2T']
         else:
-            # Packing keeps the backward direction from starting in the padding (cuDNN
-            # runs packed sequences natively).
-            packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
-            h, _ = self.rnn(packed)
-            h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
-        mel = self.proj(h).transpose(1, 2)  # [B, n_mels, 2T']
+            x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
+            x = torch.cat([x, spk.unsqueeze(1).expand(-1, 2 * steps, -1).to(x.dtype)], dim=-1)
+            if full:
+                # No padding: the plain GRU computes what the packed one would, without the
+                # packing, the per-step batch bookkeeping and the unpacking.
+                h, _ = self.rnn(x)
+            else:
+                # Packing keeps the backward direction from starting in the padding (cuDNN
+                # runs packed sequences natively).
+                packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+                h, _ = self.rnn(packed)
+                h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
+            mel = self.proj(h).transpose(1, 2)  # [B, n_mels, 2T']
         if full:
             return mel, out_lengths
         mask = lengths_to_mask(out_lengths, 2 * steps).unsqueeze(1)
         return mel * mask.to(mel.dtype), out_lengths
 
-    def _padded_bigru(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The bidirectional GRU on a padded batch, equal to the packed one at valid steps.
+    def _cpu_fast_path(self, z_q: Tensor) -> bool:
+        """float32 on CPU without autocast: the hand-written GRU layers (:mod:`.gru`)."""
+        return (z_q.device.type == "cpu" and z_q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and self.rnn.weight_hh_l0.dtype == torch.float32)
 
-        x [B, T, I], lengths [B] -> [B, T, 2H]; values past each length are unspecified.
-        Each direction runs unpacked: the forward one reads the valid steps before any
-        padding, and the backward one runs on each item reversed within its own length
+    def _bigru_time_major(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """The bidirectional GRU on a time-major batch, by :func:`.gru.gru_layer` per layer
+        and direction; equal to the packed GRU at valid steps.
+
+        x [T, B, I], lengths [B] or None (no padding) -> [T, B, 2H]; values past each
+        length are unspecified. The forward direction reads the valid steps before any
+        padding; the backward one runs on each item reversed within its own length
         (padding stays at the end), then is reversed back. So a valid output never sees
         padding, in values or gradients. On CPU this is several times faster than the
         packed GRU, whose per-step batch bookkeeping grows with batch and length
         (bench/README.md: 26 items x 350 steps, forward + backward, 7.8 s packed vs 2.0 s).
         """
         rnn = self.rnn
-        steps = x.shape[1]
-        t = torch.arange(steps, device=x.device).unsqueeze(0)
-        n = lengths.unsqueeze(1)
-        rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
-        h0 = x.new_zeros(1, x.shape[0], rnn.hidden_size)
+        steps = x.shape[0]
+        if lengths is None:
+            rev = None
+        else:
+            t = torch.arange(steps, device=x.device).unsqueeze(1)  # [T, 1]
+            n = lengths.unsqueeze(0)  # [1, B]
+            rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
         out = x
         for layer in range(rnn.num_layers):
             dirs = []
             for suffix in ("", "_reverse"):
                 params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                inp = out if not suffix else _gather_time(out, rev)
-                h = torch.gru(inp, h0, params, True, 1, 0.0, self.training, False, True)[0]
-                dirs.append(h if not suffix else _gather_time(h, rev))
+                if not suffix:
+                    dirs.append(gru_layer(out, *params))
+                elif rev is None:
+                    dirs.append(gru_layer(out.flip(0), *params).flip(0))
+                else:
+                    dirs.append(_gather_time(gru_layer(_gather_time(out, rev), *params), rev))
             out = torch.cat(dirs, dim=-1)
         return out
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, T, C], index [B, T] -> x[b, index[b, t], :]."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """x [T, B, C], index [T, B] -> x[index[t, b], b, :]."""
+    return torch.gather(x, 0, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
