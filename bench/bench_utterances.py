@@ -34,10 +34,12 @@ def run(ctx: Any) -> list[Result]:
     store = ctx.train_store
     ds = UtteranceDataset(store, store.speakers, max_frames=tc.max_utterance_frames)
     lengths = ds.lengths()
-    sampler = BucketBatchSampler(lengths, max(tc.max_frames, tc.max_utterance_frames), max_batch=tc.batch_size, seed=0)
+    sampler = BucketBatchSampler(lengths, max(tc.max_frames, tc.max_utterance_frames), max_batch=tc.batch_size, seed=0,
+                                noise=tc.bucket_noise)
     batches = list(sampler)
     waste = padding_waste(lengths, batches)
     cfg = {"max_frames": tc.max_frames, "max_utterance_frames": tc.max_utterance_frames, "batch_size": tc.batch_size,
+           "bucket_noise": tc.bucket_noise,
            "batches_per_epoch": len(batches), "utterances": len(lengths),
            "mean_items_per_batch": round(sum(len(b) for b in batches) / len(batches), 1)}
     results = [Result("utterances_padding_waste", "% frames", round(100 * waste, 2), None, None,

@@ -184,7 +184,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], max_frames: int, max_batch: int | None = None,
-                 seed: int = 0, shuffle: bool = True, noise: float = 0.1) -> None:
+                 seed: int = 0, shuffle: bool = True, noise: float = 0.02) -> None:
         self.lengths = list(lengths)
         self.max_frames = max_frames
         self.max_batch = max_batch

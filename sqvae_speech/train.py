@@ -80,7 +80,7 @@ def build_loader(cfg: ExperimentConfig, store: FeatureStore, seed: int, pin_memo
     if len(ds) == 0:
         raise ConfigError(f"no utterance in {store.path} is long enough to train on")
     sampler = BucketBatchSampler(ds.lengths(), max(tc.max_frames, tc.max_utterance_frames),
-                                 max_batch=tc.batch_size, seed=seed)
+                                 max_batch=tc.batch_size, seed=seed, noise=tc.bucket_noise)
     return DataLoader(ds, batch_sampler=sampler, **common)
 
 
