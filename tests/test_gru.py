@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sqvae_speech.nets.gru import bigru_layer, gru_layer
+from sqvae_speech.nets.gru import gru_layer
 from sqvae_speech.nets.speech import SpeechDecoder
 
 
@@ -31,64 +31,6 @@ def test_gru_layer_gradcheck_in_float64() -> None:
     h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
     assert torch.autograd.gradcheck(lambda x, h0, *p: gru_layer(x, *p, h0=h0), (x, h0, *params))
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_bigru_layer_equals_two_gru_layers(threads: int) -> None:
-    """Both directions at once (on two threads when torch has two) = each one alone."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(3)
-        fwd, bwd = torch.nn.GRU(6, 5), torch.nn.GRU(6, 5)
-        x = torch.randn(11, 4, 6, requires_grad=True)
-        xr = x.flip(0)
-        ga, gb = torch.randn(11, 4, 5), torch.randn(11, 4, 5)
-        a, b = bigru_layer(x, xr, list(fwd.parameters()), list(bwd.parameters()))
-        ra, rb = gru_layer(x, *fwd.parameters()), gru_layer(xr, *bwd.parameters())
-        torch.testing.assert_close(a, ra, atol=0, rtol=0)
-        torch.testing.assert_close(b, rb, atol=0, rtol=0)
-        params = [x, *fwd.parameters(), *bwd.parameters()]
-        got = torch.autograd.grad((a * ga).sum() + (b * gb).sum(), params)
-        ref = torch.autograd.grad((ra * ga).sum() + (rb * gb).sum(), params)
-        for u, v in zip(got, ref):
-            torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
-    finally:
-        torch.set_num_threads(old)
-
-
-def test_bigru_layer_error_on_the_helper_thread_reaches_the_caller() -> None:
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        fwd, bwd = torch.nn.GRU(6, 5), torch.nn.GRU(7, 5)  # the backward weights expect 7 inputs
-        with pytest.raises(RuntimeError):
-            bigru_layer(torch.randn(3, 2, 6), torch.randn(3, 2, 6), list(fwd.parameters()), list(bwd.parameters()))
-    finally:
-        torch.set_num_threads(old)
-
-
-def test_bigru_layer_works_in_a_forked_child_after_the_parent_used_it() -> None:
-    import multiprocessing as mp
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        fwd, bwd = torch.nn.GRU(3, 2), torch.nn.GRU(3, 2)
-        x = torch.randn(4, 1, 3)
-        with torch.no_grad():
-            expect = bigru_layer(x, x.flip(0), list(fwd.parameters()), list(bwd.parameters()))[1]
-        with mp.get_context("fork").Pool(1) as pool:
-            got = pool.apply_async(_bigru_in_child, (fwd, bwd, x)).get(timeout=60)
-        torch.testing.assert_close(got, expect)
-    finally:
-        torch.set_num_threads(old)
-
-
-def _bigru_in_child(fwd: torch.nn.GRU, bwd: torch.nn.GRU, x: torch.Tensor) -> torch.Tensor:
-    torch.set_num_threads(2)
-    with torch.no_grad():
-        return bigru_layer(x, x.flip(0), list(fwd.parameters()), list(bwd.parameters()))[1]
 
 
 def test_gru_layer_backward_is_not_autograd_of_the_forward() -> None:

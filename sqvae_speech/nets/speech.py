@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .gru import bigru_layer
+from .gru import gru_layer
 from .masking import MaskedBatchNorm1d, conv1d_out_lengths, lengths_to_mask
 
 # (kernel_size, stride, padding) of the five encoder convolutions: the single source of
@@ -341,8 +341,8 @@ class SpeechDecoder(nn.Module):
                 and self.rnn.weight_hh_l0.dtype == torch.float32)
 
     def _bigru_time_major(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        """The bidirectional GRU on a time-major batch, by :func:`.gru.bigru_layer` per layer
-        (both directions on two threads); equal to the packed GRU at valid steps.
+        """The bidirectional GRU on a time-major batch, by :func:`.gru.gru_layer` per layer
+        and direction; equal to the packed GRU at valid steps.
 
         x [T, B, I], lengths [B] or None (no padding) -> [T, B, 2H]; values past each
         length are unspecified. The forward direction reads the valid steps before any
@@ -362,11 +362,16 @@ class SpeechDecoder(nn.Module):
             rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
         out = x
         for layer in range(rnn.num_layers):
-            pf, pb = ([getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                      for suffix in ("", "_reverse"))
-            x_bwd = out.flip(0) if rev is None else _gather_time(out, rev)
-            h_fwd, h_bwd = bigru_layer(out, x_bwd, pf, pb)
-            out = torch.cat([h_fwd, h_bwd.flip(0) if rev is None else _gather_time(h_bwd, rev)], dim=-1)
+            dirs = []
+            for suffix in ("", "_reverse"):
+                params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                if not suffix:
+                    dirs.append(gru_layer(out, *params))
+                elif rev is None:
+                    dirs.append(gru_layer(out.flip(0), *params).flip(0))
+                else:
+                    dirs.append(_gather_time(gru_layer(_gather_time(out, rev), *params), rev))
+            out = torch.cat(dirs, dim=-1)
         return out
 
 
