@@ -146,17 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.reps = min(args.reps, 3)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    # As `sqvae-speech train` does; ours and the reference share the process, so both
-    # get it (sqvae_speech/allocator.py).
-    from sqvae_speech.allocator import keep_freed_memory
-
-    kept = keep_freed_memory()
-
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sqvae-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, work)
     info = machine()
-    info["keep_freed_memory"] = kept
     print(f"[bench] {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads, "
           f"load average {info['load_average']}", flush=True)
     if not torch.cuda.is_available():

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .allocator import keep_freed_memory
 from .checkpoint import (
     check_same_setup,
     latest_checkpoint,
@@ -322,7 +321,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         latest = latest_checkpoint(args.exp)
         trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]) if latest is not None else 0)
-    keep_freed_memory()  # ~15-20 % faster CPU steps: no page faults on every activation
     summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
                     progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
     if summary["main"]:

@@ -69,12 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False) and os.environ.get("SQVAE_NO_PROGRESS") != "1"
     if args.action == "train":
-        from ..allocator import keep_freed_memory
         from .config import resolve_config
         from .train import train
 
         _threads(args.threads)
-        keep_freed_memory()
         overrides = list(args.set)
         if args.data_root:
             overrides.append(f"data.root={args.data_root}")
