@@ -51,7 +51,7 @@ def test_decoder_fast_path_equals_stock_gru_on_crops_and_padded_batches() -> Non
         spk = torch.tensor([0, 2, 1])
         got, _ = dec(z, lengths, spk)
         assert dec._cpu_fast_path(z)  # what is compared here is the fast path
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the stock path
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: torch.gru by autograd
             assert not dec._cpu_fast_path(z)
         x = torch.repeat_interleave(z, 2, dim=2).transpose(1, 2)
         x = torch.cat([x, dec.speaker_embedding(spk).unsqueeze(1).expand(-1, 18, -1)], dim=-1)
@@ -66,3 +66,20 @@ def test_decoder_fast_path_equals_stock_gru_on_crops_and_padded_batches() -> Non
         b = torch.autograd.grad(ref, params, g, allow_unused=True)
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
+
+
+def test_time_major_bigru_with_torch_gru_layers_equals_packed_gru() -> None:
+    """The CPU path used under autocast (torch.gru layers, autograd) on a padded batch."""
+    torch.manual_seed(4)
+    dec = SpeechDecoder(in_channels=6, n_speakers=3, speaker_embedding_dim=4, hidden_size=7, n_mels=5).train()
+    lengths = torch.tensor([12, 3, 8])
+    x = torch.randn(3, 12, 10, requires_grad=True)
+    got = dec._bigru_time_major(x.transpose(0, 1), lengths, hand_written=False).transpose(0, 1)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(dec.rnn(packed)[0], batch_first=True, total_length=12)
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).unsqueeze(-1)
+    torch.testing.assert_close(got * mask, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(ref) * mask
+    for u, v in zip(torch.autograd.grad(got, [x, *dec.rnn.parameters()], g),
+                    torch.autograd.grad(ref, [x, *dec.rnn.parameters()], g)):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)

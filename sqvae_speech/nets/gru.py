@@ -8,14 +8,14 @@ whole-utterance batches of 11-22 long items paid 1.5-2x per frame what 52-item c
 batches paid (bench/README.md).
 
 :class:`GRULayer` computes exactly the same function (PyTorch's gate layout and
-equations, ``h' = (1 - z) * n + z * h``) with fewer, larger operations:
+equations, ``h' = (1 - z) * n + z * h``):
 
-- forward: the input projection of every step as one GEMM, then per step one ``addmm``
-  for the hidden projection and five elementwise operations, writing gates and outputs
-  straight into preallocated time-major buffers (no per-step stacking);
-- backward: every coefficient that does not depend on the incoming gradient is computed
-  for all steps at once before the time loop, which then takes four operations per step
-  (two of them the recurrence's ``addmm``); the weight gradients are one GEMM each over
+- forward: torch's own C++ time loop (``torch.gru``; no graph is recorded inside an
+  autograd Function);
+- backward: every step's gates are recomputed at once from the saved outputs (two GEMMs
+  over all steps), every coefficient that does not depend on the incoming gradient is
+  formed for all steps before the time loop, which then takes three operations per step
+  (one of them the recurrence's ``addmm``); the weight gradients are one GEMM each over
   all steps, and the input gradient one GEMM.
 
 Values equal ``torch.gru`` to float rounding (tests/test_gru.py).

@@ -310,11 +310,11 @@ class SpeechDecoder(nn.Module):
             raise ValueError(f"SpeechDecoder: speakers must have shape [{batch}], got {list(speakers.shape)}")
         out_lengths = 2 * lengths.to(device=z_q.device, dtype=torch.long)
         spk = self.speaker_embedding(speakers.to(z_q.device))  # [B, E]
-        if self._cpu_fast_path(z_q):
+        if z_q.device.type == "cpu":
             # Time-major throughout: each GRU step then reads and writes contiguous rows.
             x = torch.repeat_interleave(z_q.permute(2, 0, 1), 2, dim=0)  # [2T', B, C]
-            x = torch.cat([x, spk.unsqueeze(0).expand(2 * steps, -1, -1)], dim=-1)
-            h = self._bigru_time_major(x, None if full else out_lengths)  # [2T', B, 2H]
+            x = torch.cat([x, spk.unsqueeze(0).expand(2 * steps, -1, -1).to(x.dtype)], dim=-1)
+            h = self._bigru_time_major(x, None if full else out_lengths, self._cpu_fast_path(z_q))  # [2T', B, 2H]
             mel = self.proj(h).permute(1, 2, 0)  # [B, n_mels, 2T']
         else:
             x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
@@ -336,13 +336,15 @@ class SpeechDecoder(nn.Module):
         return mel * mask.to(mel.dtype), out_lengths
 
     def _cpu_fast_path(self, z_q: Tensor) -> bool:
-        """float32 on CPU without autocast: the hand-written GRU layers (:mod:`.gru`)."""
+        """float32 on CPU without autocast: the GRU layers with the hand-written backward
+        (:mod:`.gru`); otherwise (CPU autocast) ``torch.gru`` differentiated by autograd."""
         return (z_q.device.type == "cpu" and z_q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and self.rnn.weight_hh_l0.dtype == torch.float32)
 
-    def _bigru_time_major(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        """The bidirectional GRU on a time-major batch, by :func:`.gru.gru_layer` per layer
-        and direction; equal to the packed GRU at valid steps.
+    def _bigru_time_major(self, x: Tensor, lengths: Tensor | None, hand_written: bool = True) -> Tensor:
+        """The bidirectional GRU on a time-major batch, one unidirectional layer at a time
+        (:func:`.gru.gru_layer` if ``hand_written``, else ``torch.gru``); equal to the
+        packed GRU at valid steps.
 
         x [T, B, I], lengths [B] or None (no padding) -> [T, B, 2H]; values past each
         length are unspecified. The forward direction reads the valid steps before any
@@ -360,17 +362,23 @@ class SpeechDecoder(nn.Module):
             t = torch.arange(steps, device=x.device).unsqueeze(1)  # [T, 1]
             n = lengths.unsqueeze(0)  # [1, B]
             rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
+        def one_layer(inp: Tensor, params: list[Tensor]) -> Tensor:
+            if hand_written:
+                return gru_layer(inp, *params)
+            h0 = inp.new_zeros(1, inp.shape[1], rnn.hidden_size)
+            return torch.gru(inp, h0, params, True, 1, 0.0, self.training, False, False)[0]
+
         out = x
         for layer in range(rnn.num_layers):
             dirs = []
             for suffix in ("", "_reverse"):
                 params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                 if not suffix:
-                    dirs.append(gru_layer(out, *params))
+                    dirs.append(one_layer(out, params))
                 elif rev is None:
-                    dirs.append(gru_layer(out.flip(0), *params).flip(0))
+                    dirs.append(one_layer(out.flip(0), params).flip(0))
                 else:
-                    dirs.append(_gather_time(gru_layer(_gather_time(out, rev), *params), rev))
+                    dirs.append(_gather_time(one_layer(_gather_time(out, rev), params), rev))
             out = torch.cat(dirs, dim=-1)
         return out
 
