@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.reps = min(args.reps, 3)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sqvae-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, work)

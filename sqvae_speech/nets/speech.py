@@ -336,9 +336,9 @@ class SpeechDecoder(nn.Module):
         return mel * mask.to(mel.dtype), out_lengths
 
     def _cpu_fast_path(self, z_q: Tensor) -> bool:
-        """float32 on CPU without autocast: the GRU layers with the hand-written backward
+        """On CPU, float32 without autocast: the GRU layers with the hand-written backward
         (:mod:`.gru`); otherwise (CPU autocast) ``torch.gru`` differentiated by autograd."""
-        return (z_q.device.type == "cpu" and z_q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        return (z_q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and self.rnn.weight_hh_l0.dtype == torch.float32)
 
     def _bigru_time_major(self, x: Tensor, lengths: Tensor | None, hand_written: bool = True) -> Tensor:
@@ -362,6 +362,7 @@ class SpeechDecoder(nn.Module):
             t = torch.arange(steps, device=x.device).unsqueeze(1)  # [T, 1]
             n = lengths.unsqueeze(0)  # [1, B]
             rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
+
         def one_layer(inp: Tensor, params: list[Tensor]) -> Tensor:
             if hand_written:
                 return gru_layer(inp, *params)
