@@ -24,6 +24,8 @@ from sqvae_speech.nets.speech import (
     SpeechDecoder,
     SpeechEncoder,
     conv1d_k3_winograd,
+    _weight_grad_im2col,
+    _weight_grad_phases,
     conv1d_weight_grad,
     encoder_conv,
 )
@@ -51,15 +53,32 @@ def test_winograd_conv_equals_conv1d(steps: int) -> None:
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("k,s,p", [(3, 1, 0), (4, 2, 1), (3, 1, 1)])
-def test_gemm_weight_gradient_equals_conv_backward(k: int, s: int, p: int) -> None:
-    torch.manual_seed(k + s + p)
-    x = torch.randn(4, 6, 21, dtype=torch.float64)
+@pytest.mark.parametrize("steps", [20, 21])
+@pytest.mark.parametrize("k,s,p", [(3, 1, 0), (4, 2, 1), (3, 1, 1), (5, 2, 0), (3, 3, 2)])
+@pytest.mark.parametrize("method", [_weight_grad_im2col, _weight_grad_phases, conv1d_weight_grad])
+def test_gemm_weight_gradient_equals_conv_backward(method, k: int, s: int, p: int, steps: int) -> None:
+    torch.manual_seed(k + s + p + steps)
+    x = torch.randn(4, 6, steps, dtype=torch.float64)
     w = torch.randn(5, 6, k, dtype=torch.float64, requires_grad=True)
     y = F.conv1d(x, w, stride=s, padding=p)
     g = torch.randn_like(y)
     (expect,) = torch.autograd.grad(y, w, g)
-    torch.testing.assert_close(conv1d_weight_grad(x, g, k, s, p), expect, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(method(x, g, k, s, p), expect, atol=1e-12, rtol=1e-12)
+
+
+def test_weight_gradient_of_large_batches_takes_the_phases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size limit of the unfolded input the per-tap products are used (same values)."""
+    import sqvae_speech.nets.speech as speech
+
+    calls = []
+    monkeypatch.setattr(speech, "_weight_grad_phases", lambda *a: calls.append(a) or _weight_grad_phases(*a))
+    x, g = torch.randn(2, 3, 9), torch.randn(2, 4, 4)  # k4 s2 p1: 9 frames -> 4
+    speech.conv1d_weight_grad(x, g, 4, 2, 1)
+    assert not calls
+    monkeypatch.setattr(speech, "_IM2COL_MAX_BYTES", 100)
+    got = speech.conv1d_weight_grad(x, g, 4, 2, 1)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, _weight_grad_im2col(x, g, 4, 2, 1), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("k,s,p", ENCODER_CONVS)
@@ -170,6 +189,46 @@ def test_packed_batch_norm_zero_padding_and_gradients() -> None:
     torch.testing.assert_close(got.double(), expect, atol=1e-5, rtol=1e-5)
     (y * torch.randn_like(y)).sum().backward()
     assert torch.all(x.grad.masked_select(~mask) == 0)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_in_the_padding_equals_packed_batch_norm(relu: bool, affine: bool) -> None:
+    """``overwrite_padding`` (normalization in place, fused kernels) against the packed path:
+    outputs, running statistics and gradients of input, weight and bias agree, the padding
+    gets zero output and zero gradient, and only the padding of the input is written."""
+    torch.manual_seed(7)
+    lengths = torch.tensor([11, 3, 8, 11, 6])
+    x0 = torch.randn(5, 4, 11, dtype=torch.float32) * 3 + 2
+    mask = lengths_to_mask(lengths, 11).unsqueeze(1)
+    g = torch.randn(5, 4, 11)
+    results = []
+    for overwrite in (False, True):
+        bn = MaskedBatchNorm1d(4, affine=affine).train()
+        if affine:
+            with torch.no_grad():
+                bn.weight.copy_(torch.linspace(0.5, 2.0, 4))
+                bn.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+        x = x0.clone().requires_grad_(True)
+        y = bn(x, lengths, relu=relu, overwrite_padding=overwrite)
+        y.backward(g)
+        assert torch.all(y.masked_select(~mask) == 0)
+        assert torch.all(x.grad.masked_select(~mask) == 0)
+        assert torch.equal(x.detach().masked_select(mask), x0.masked_select(mask))
+        params = [bn.weight.grad, bn.bias.grad] if affine else []
+        results.append((y.detach(), x.grad, bn.running_mean.clone(), bn.running_var.clone(), *params))
+    if relu:
+        assert 0 < int((results[0][0] > 0).sum()) < int(mask.sum()) * 4  # the ReLU cut something
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_winograd_output_is_not_a_view() -> None:
+    """Batch norm writes into the padding of the conv outputs; autograd forbids that on a
+    view created inside a custom Function."""
+    x = torch.randn(2, 3, 7, requires_grad=True)
+    y = conv1d_k3_winograd(x, torch.randn(4, 3, 3))
+    assert y._base is None and y.is_contiguous()
 
 
 def test_time_major_bigru_equals_packed_gru() -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -98,6 +99,68 @@ class _UnpackValid(torch.autograd.Function):
         return _pack_valid(grad, ctx.lens), None, None  # type: ignore[attr-defined]
 
 
+class _PaddedBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm (optionally + ReLU) of the valid frames of a padded batch
+    by the fused CPU kernels, with the frames left where they are.
+
+    x [B, C, T] must hold, at every padded position, the per-channel mean of the valid
+    frames (:meth:`MaskedBatchNorm1d._fill_padding_with_mean` writes it). The statistics of
+    the whole tensor are then the valid mean and the valid (biased) variance times Nv / Nt
+    (Nv valid frames of Nt): padding equal to the mean adds nothing to either sum. So the
+    fused kernel, given eps * Nv / Nt and weight * sqrt(Nv / Nt), normalizes each valid
+    frame exactly as the valid frames alone would be. The padding of the output is zeroed.
+
+    Backward: the fused kernel's input gradient subtracts the mean of the output gradient
+    over all Nt positions; with the padding of that gradient set to the mean over the valid
+    positions, that mean is the valid one, and the padding's normalized input is zero so the
+    other term is unchanged. The result is the gradient of batch norm over the valid frames
+    alone (what autograd through packing gave); the padding gets zero gradient.
+
+    Inputs: x, weight [C] or None, bias [C] or None, padding (bool [B, 1, T - lo], True at
+    padded positions of the last T - lo frames), lo, nv, eps, relu. Outputs: y [B, C, T],
+    and (not differentiable) the batch variance of the valid frames [C] (biased).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor | None,  # type: ignore[override]
+                bias: Tensor | None, padding: Tensor, lo: int, nv: int, eps: float, relu: bool) -> tuple[Tensor, Tensor]:
+        nt = x.shape[0] * x.shape[2]
+        scale = (nv / nt) ** 0.5
+        w = torch.full((x.shape[1],), scale, dtype=x.dtype, device=x.device) if weight is None else weight * scale
+        eps_all = eps * nv / nt
+        y, mean, invstd = torch.native_batch_norm(x, w, bias, None, None, True, 0.0, eps_all)
+        y[:, :, lo:].masked_fill_(padding, 0.0)
+        if relu:
+            y.relu_()
+        ctx.save_for_backward(x, w, mean, invstd, y, padding)
+        ctx.conf = (lo, nv, eps_all, scale, relu, weight is not None, bias is not None)  # type: ignore[attr-defined]
+        var = (invstd.pow(-2) - eps_all) * (nt / nv)
+        ctx.mark_non_differentiable(var)
+        return y, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, w, mean, invstd, y, padding = ctx.saved_tensors  # type: ignore[attr-defined]
+        lo, nv, eps_all, scale, relu, has_weight, has_bias = ctx.conf  # type: ignore[attr-defined]
+        if relu:  # a fresh tensor, zero at the padding (y is zero there)
+            dz = torch.ops.aten.threshold_backward(grad, y, 0)
+        else:
+            dz = grad.clone(memory_format=torch.contiguous_format)
+            dz[:, :, lo:].masked_fill_(padding, 0.0)
+        dsum = dz.sum(dim=(0, 2))  # the valid sum
+        tail = dz[:, :, lo:]
+        tail.copy_(torch.where(padding, (dsum / nv)[:, None], tail))
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        dx, dw, _ = torch.ops.aten.native_batch_norm_backward(
+            dz, x, w, None, None, mean, invstd, True, eps_all, [need_x, need_w and has_weight, False])
+        if dx is not None:
+            dx[:, :, lo:].masked_fill_(padding, 0.0)
+        dweight = dw * scale if need_w and has_weight else None
+        dbias = dsum if need_b and has_bias else None
+        return dx, dweight, dbias, None, None, None, None, None
+
+
 class MaskedBatchNorm1d(nn.Module):
     """BatchNorm1d whose training statistics cover only the valid frames of a padded batch.
 
@@ -149,31 +212,66 @@ class MaskedBatchNorm1d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, sync={self.sync}"
 
-    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None, relu: bool = False, overwrite_padding: bool = False) -> Tensor:
         """x [B, C, T] (padded), lengths [B] valid frames -> [B, C, T].
 
         ``lengths=None`` says every frame is valid (equal-length crops): the statistics are
         then those of plain batch norm, computed by the fused ``F.batch_norm`` kernel
         (unless they must be all-reduced across processes, which only the masked path does).
+        ``relu`` applies a ReLU to the output (in place where that is safe). With
+        ``overwrite_padding`` the caller lets training overwrite the padded positions of
+        ``x`` (the speech encoder's own conv outputs): on CPU in float32 the valid frames are
+        then normalized in place of packing them (:class:`_PaddedBatchNorm`).
         """
         if x.dim() != 3 or x.shape[1] != self.num_features:
             raise ValueError(f"MaskedBatchNorm1d({self.num_features}) expects [B, {self.num_features}, T], got {list(x.shape)}")
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return torch.relu_(y) if relu else y
         distributed = self.sync and _distributed_world()
         # A single frame has no batch variance for F.batch_norm; the masked path copes.
         if lengths is None and not distributed and x.shape[0] * x.shape[-1] > 1:
-            return self._full_batch_norm(x)
+            y = self._full_batch_norm(x)
+            return torch.relu_(y) if relu else y
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
         if not distributed and x.device.type == "cpu":
-            return self._compact_batch_norm(x, lengths)
+            if overwrite_padding and x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
+                return self._padded_batch_norm(x, lengths, relu)
+            y = self._compact_batch_norm(x, lengths)
+            return torch.relu_(y) if relu else y
         mean, var, count = self._batch_stats(x, lengths)
         self._update_running_stats(mean, var, count)
         # Statistics in float32 even under autocast: the variance of fp16 activations
         # summed over thousands of frames would lose most of its digits.
         mask = lengths_to_mask(lengths.to(x.device), x.shape[-1]).unsqueeze(1)
-        return self._normalize(x, mean, var) * mask.to(x.dtype)
+        y = self._normalize(x, mean, var) * mask.to(x.dtype)
+        return torch.relu_(y) if relu else y
+
+    def _padded_batch_norm(self, x: Tensor, lengths: Tensor, relu: bool) -> Tensor:
+        """Training-mode batch norm of the valid frames of ``x`` [B, C, T] by the fused
+        kernels without packing (:class:`_PaddedBatchNorm`); overwrites the padding of ``x``.
+
+        The pack/unpack path copies every activation four times per step (pack and unpack,
+        forward and backward) and zero-fills two full-size tensors; this one reads ``x`` once
+        more for the valid mean and touches only the last ``T - min(lengths)`` frames.
+        """
+        lens = lengths.tolist()
+        nv = sum(lens)
+        if nv < 2:  # F.batch_norm needs two values per channel
+            y = self._compact_batch_norm(x, lengths)
+            return torch.relu_(y) if relu else y
+        lo = min(lens)
+        steps = x.shape[-1]
+        padding = ~lengths_to_mask(lengths.to(x.device), steps)[:, lo:].unsqueeze(1)  # [B, 1, T - lo]
+        with torch.no_grad():  # the padding's values are the caller's to give up; see the class
+            tail = x[:, :, lo:]
+            tail.masked_fill_(padding, 0.0)
+            mean = x.sum(dim=(0, 2)) / nv
+            tail.copy_(torch.where(padding, mean[:, None], tail))
+        y, var = _PaddedBatchNorm.apply(x, self.weight, self.bias, padding, lo, nv, self.eps, relu)
+        self._update_running_stats(mean, var, torch.tensor(float(nv)))
+        return y
 
     def _full_batch_norm(self, x: Tensor) -> Tensor:
         """Training-mode batch norm over every frame: one fused kernel forward and backward,

@@ -67,11 +67,28 @@ def _check_lengths(lengths: Tensor, batch: int, max_len: int, min_len: int, what
     return lo == max_len
 
 
-def conv1d_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
-    """Weight gradient of a bias-free Conv1d as one matrix product over the unfolded input.
+_IM2COL_MAX_BYTES = 8 << 20
 
-    x [B, C_in, T], grad [B, C_out, T_out] -> [C_out, C_in, kernel_size].
+
+def conv1d_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """Weight gradient of a bias-free Conv1d by matrix products.
+
+    x [B, C_in, T], grad [B, C_out, T_out] -> [C_out, C_in, kernel_size]. One GEMM over the
+    unfolded input (:func:`_weight_grad_im2col`) while that buffer, ``kernel_size`` copies
+    of the input, is small; past 8 MiB one GEMM per tap over phase-split copies of the input
+    and gradient (:func:`_weight_grad_phases`), which write one copy of each. On the
+    encoder's k4 s2 conv at whole-utterance batches (28 x 768 x 276 in, 47 MB of columns)
+    the phases took ~105 ms where the unfolded GEMM took ~130 ms; on 52 crops (10 MB) both
+    ~25 ms (2 threads, bench/README.md).
     """
+    batch, c_in, _ = x.shape
+    if batch * grad.shape[2] * c_in * kernel_size * x.element_size() > _IM2COL_MAX_BYTES:
+        return _weight_grad_phases(x, grad, kernel_size, stride, padding)
+    return _weight_grad_im2col(x, grad, kernel_size, stride, padding)
+
+
+def _weight_grad_im2col(x: Tensor, grad: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """:func:`conv1d_weight_grad` as one GEMM [C_out, B T_out] @ [B T_out, C_in k]."""
     batch, c_in, _ = x.shape
     c_out, t_out = grad.shape[1], grad.shape[2]
     xp = F.pad(x, (padding, padding)) if padding else x
@@ -79,6 +96,33 @@ def conv1d_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: int, p
     cols = cols.permute(0, 2, 1, 3).reshape(batch * t_out, c_in * kernel_size)
     g = grad.transpose(1, 2).reshape(batch * t_out, c_out)
     return (g.t() @ cols).view(c_out, c_in, kernel_size)
+
+
+def _weight_grad_phases(x: Tensor, grad: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """:func:`conv1d_weight_grad` as one GEMM per tap, without unfolding.
+
+    Tap j reads padded input frame ``stride * t + j`` = frame ``t + j // stride`` of phase
+    ``j % stride``. The phases are laid out channel-major with ``W = T_out + (k - 1) // stride``
+    frames per item ([C_in, B W] each), the gradient likewise with zeros in its last
+    ``W - T_out`` frames per item ([C_out, B W]); tap j is then
+    ``grad[:, :BW - q] @ phase[:, q:]^T`` with q = j // stride, where the shifted columns that
+    cross into the next item meet those zeros.
+    """
+    batch, c_in, steps = x.shape
+    c_out, t_out = grad.shape[1], grad.shape[2]
+    width = t_out + (kernel_size - 1) // stride
+    need = stride * width  # covers the last frame any output reads
+    xp = F.pad(x, (padding, max(0, need - steps - padding)))[:, :, :need]
+    phases = xp.reshape(batch, c_in, width, stride).permute(3, 1, 0, 2).reshape(stride, c_in, batch * width)
+    g = grad.new_zeros(c_out, batch, width)
+    g[:, :, :t_out] = grad.transpose(0, 1)
+    n = batch * width
+    g = g.view(c_out, n)
+    out = grad.new_empty(kernel_size, c_out, c_in)
+    for j in range(kernel_size):
+        q = j // stride
+        torch.mm(g[:, : n - q], phases[j % stride, :, q:].t(), out=out[j])
+    return out.permute(1, 2, 0).contiguous()
 
 
 class _Conv1dGemmWeightGrad(torch.autograd.Function):
@@ -147,10 +191,17 @@ class _Conv1dK3Winograd(torch.autograd.Function):
         v = (b_t @ tiles).view(6, batch * n, c_in)
         u = (g @ weight.permute(2, 0, 1).reshape(3, -1)).view(6, c_out, c_in)
         m = torch.bmm(v, u.transpose(1, 2))  # [6, B n, C_out]
-        y = (a_t @ m.view(6, -1)).view(4, batch, n, c_out)
+        y = (a_t @ m.view(6, -1)).view(4, batch, n, c_out).permute(1, 3, 2, 0)  # [B, C_out, n, 4]
         ctx.save_for_backward(v, u)
         ctx.shape = (batch, steps, n)  # type: ignore[attr-defined]
-        return y.permute(1, 3, 2, 0).reshape(batch, c_out, 4 * n)[:, :, :steps]
+        # A tensor of its own, not a view (batch norm may write into its padding): full
+        # tiles, then the first frames of the last one.
+        out = x.new_empty(batch, c_out, steps)
+        full = steps // 4
+        out[:, :, : 4 * full].view(batch, c_out, full, 4).copy_(y[:, :, :full])
+        if steps > 4 * full:
+            out[:, :, 4 * full :].copy_(y[:, :, full, : steps - 4 * full])
+        return out
 
     @staticmethod
     @once_differentiable
@@ -237,7 +288,8 @@ class SpeechEncoder(nn.Module):
                 x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
             x = encoder_conv(conv, x)
             lengths = conv1d_out_lengths(lengths, k, s, p)
-            x = torch.relu_(norm(x, None if full else lengths))
+            # The conv output is ours: batch norm may overwrite its padding.
+            x = norm(x, None if full else lengths, relu=True, overwrite_padding=True)
             zero_padding = norm.training
         out = self.out(x)
         if not full:
@@ -362,6 +414,8 @@ class SpeechDecoder(nn.Module):
             t = torch.arange(steps, device=x.device).unsqueeze(1)  # [T, 1]
             n = lengths.unsqueeze(0)  # [1, B]
             rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
+            batch = x.shape[1]
+            rev = (rev * batch + torch.arange(batch, device=x.device)).reshape(-1)  # as rows of [T B, C]
 
         def one_layer(inp: Tensor, params: list[Tensor]) -> Tensor:
             if hand_written:
@@ -379,11 +433,29 @@ class SpeechDecoder(nn.Module):
                 elif rev is None:
                     dirs.append(one_layer(out.flip(0), params).flip(0))
                 else:
-                    dirs.append(_gather_time(one_layer(_gather_time(out, rev), params), rev))
+                    dirs.append(_PermuteTime.apply(one_layer(_PermuteTime.apply(out, rev), params), rev))
             out = torch.cat(dirs, dim=-1)
         return out
 
 
-def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """x [T, B, C], index [T, B] -> x[index[t, b], b, :]."""
-    return torch.gather(x, 0, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+class _PermuteTime(torch.autograd.Function):
+    """x [T, B, C] -> its rows permuted: ``rows`` [T B] indexes x.view(T B, C); the
+    permutation must be an involution (each item's valid steps reversed, padding fixed).
+
+    The gradient of a permutation is its inverse, here the same row selection. Selecting
+    whole rows (``index_select``) ran 3-5x faster than ``torch.gather`` with an index
+    expanded over channels, and autograd's backward of a gather would zero a full-size
+    tensor and scatter-add into it.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        return x.reshape(-1, x.shape[-1]).index_select(0, rows).view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (rows,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad.reshape(-1, grad.shape[-1]).index_select(0, rows).view_as(grad), None
+
