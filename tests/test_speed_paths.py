@@ -23,9 +23,9 @@ from sqvae_speech.nets.speech import (
     ENCODER_CONVS,
     SpeechDecoder,
     SpeechEncoder,
-    conv1d_k3_winograd,
     _weight_grad_im2col,
     _weight_grad_phases,
+    conv1d_k3_winograd,
     conv1d_weight_grad,
     encoder_conv,
 )
@@ -68,7 +68,7 @@ def test_gemm_weight_gradient_equals_conv_backward(method, k: int, s: int, p: in
 
 def test_weight_gradient_of_large_batches_takes_the_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the size limit of the unfolded input the per-tap products are used (same values)."""
-    import sqvae_speech.nets.speech as speech
+    from sqvae_speech.nets import speech
 
     calls = []
     monkeypatch.setattr(speech, "_weight_grad_phases", lambda *a: calls.append(a) or _weight_grad_phases(*a))
