@@ -4,7 +4,8 @@
         [--reps N] [--threads N] [--nj N] [--quick] [--out bench/results.json]
 
 Prepares the embedded corpus (data dirs + feature stores) in a scratch dir, then runs
-the benchmarks in this order: extract, train, quantizer, utterances, eval, abx. Prints
+the benchmarks in this order: extract, train, quantizer, eval, abx, utterances (last: it
+sets the process-wide malloc option that training sets, see bench_utterances). Prints
 one line per figure as it comes and a table at the end; writes ``bench/results.json``
 (one object per figure: name, unit, ours, reference, ratio, target, passed, config, note;
 plus the machine). See bench/README.md for what each benchmark compares.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import torch
 from common import Result, machine, table
 
-BENCHMARKS = ("extract", "train", "quantizer", "utterances", "eval", "abx")
+BENCHMARKS = ("extract", "train", "quantizer", "eval", "abx", "utterances")
 
 
 class Context:

@@ -221,6 +221,9 @@ class TrainConfig(ConfigBase):
     # batch composition varies between epochs. Padding waste on the embedded corpus:
     # 0.9 % at 0 (fixed batches), 1.45 % at 0.02, 4.6 % at 0.1 (bench/README.md).
     bucket_noise: float = 0.02
+    # CPU training: glibc malloc keeps freed memory instead of unmapping it, so the large
+    # tensors of whole-utterance batches stop page-faulting at every step (allocator.py).
+    keep_freed_memory: bool = True
     lr: float = 4e-4
     milestones: tuple[int, ...] = (300_000, 400_000)
     gamma: float = 0.5

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from .allocator import keep_freed_memory
 from .checkpoint import (
     check_same_setup,
     latest_checkpoint,
@@ -142,6 +143,8 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
     # training (gloo) under `accelerate launch` / torchrun instead of N lone processes.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu or not torch.cuda.is_available())
     main = accelerator.is_main_process
+    if tc.keep_freed_memory and accelerator.device.type == "cpu":
+        keep_freed_memory()
     set_seed(tc.seed + start_step + accelerator.process_index)
     model = SpeechSQVAE(cfg.model)
     optimizer = build_optimizer(model, tc.lr)
