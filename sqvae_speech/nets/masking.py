@@ -225,28 +225,31 @@ class MaskedBatchNorm1d(nn.Module):
         """
         if x.dim() != 3 or x.shape[1] != self.num_features:
             raise ValueError(f"MaskedBatchNorm1d({self.num_features}) expects [B, {self.num_features}, T], got {list(x.shape)}")
+        if (overwrite_padding and self.training and lengths is not None and x.device.type == "cpu"
+                and x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32)
+                and not (self.sync and _distributed_world())):
+            return self._padded_batch_norm(x, lengths, relu)
+        y = self._batch_norm(x, lengths)
+        return torch.relu_(y) if relu else y
+
+    def _batch_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """:meth:`forward` without the ReLU and the in-place path."""
         if not self.training:
-            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-            return torch.relu_(y) if relu else y
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         distributed = self.sync and _distributed_world()
         # A single frame has no batch variance for F.batch_norm; the masked path copes.
         if lengths is None and not distributed and x.shape[0] * x.shape[-1] > 1:
-            y = self._full_batch_norm(x)
-            return torch.relu_(y) if relu else y
+            return self._full_batch_norm(x)
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
         if not distributed and x.device.type == "cpu":
-            if overwrite_padding and x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
-                return self._padded_batch_norm(x, lengths, relu)
-            y = self._compact_batch_norm(x, lengths)
-            return torch.relu_(y) if relu else y
+            return self._compact_batch_norm(x, lengths)
         mean, var, count = self._batch_stats(x, lengths)
         self._update_running_stats(mean, var, count)
         # Statistics in float32 even under autocast: the variance of fp16 activations
         # summed over thousands of frames would lose most of its digits.
         mask = lengths_to_mask(lengths.to(x.device), x.shape[-1]).unsqueeze(1)
-        y = self._normalize(x, mean, var) * mask.to(x.dtype)
-        return torch.relu_(y) if relu else y
+        return self._normalize(x, mean, var) * mask.to(x.dtype)
 
     def _padded_batch_norm(self, x: Tensor, lengths: Tensor, relu: bool) -> Tensor:
         """Training-mode batch norm of the valid frames of ``x`` [B, C, T] by the fused
