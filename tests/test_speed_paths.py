@@ -18,17 +18,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from sqvae_speech.config import FeatureConfig
 from sqvae_speech.features import _mel_project_np, mel_filterbank
 from sqvae_speech.models import build_optimizer
-from sqvae_speech.nets.masking import MaskedBatchNorm1d, lengths_to_mask
-from sqvae_speech.nets.speech import (
-    ENCODER_CONVS,
-    SpeechDecoder,
-    SpeechEncoder,
+from sqvae_speech.nets.conv import (
     _weight_grad_im2col,
     _weight_grad_phases,
     conv1d_k3_winograd,
     conv1d_weight_grad,
     encoder_conv,
 )
+from sqvae_speech.nets.masking import MaskedBatchNorm1d, lengths_to_mask
+from sqvae_speech.nets.speech import ENCODER_CONVS, SpeechDecoder, SpeechEncoder
 from sqvae_speech.quantizers import gumbel_softmax_sample
 
 
@@ -68,15 +66,15 @@ def test_gemm_weight_gradient_equals_conv_backward(method, k: int, s: int, p: in
 
 def test_weight_gradient_of_large_batches_takes_the_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the size limit of the unfolded input the per-tap products are used (same values)."""
-    from sqvae_speech.nets import speech
+    from sqvae_speech.nets import conv
 
     calls = []
-    monkeypatch.setattr(speech, "_weight_grad_phases", lambda *a: calls.append(a) or _weight_grad_phases(*a))
+    monkeypatch.setattr(conv, "_weight_grad_phases", lambda *a: calls.append(a) or _weight_grad_phases(*a))
     x, g = torch.randn(2, 3, 9), torch.randn(2, 4, 4)  # k4 s2 p1: 9 frames -> 4
-    speech.conv1d_weight_grad(x, g, 4, 2, 1)
+    conv.conv1d_weight_grad(x, g, 4, 2, 1)
     assert not calls
-    monkeypatch.setattr(speech, "_IM2COL_MAX_BYTES", 100)
-    got = speech.conv1d_weight_grad(x, g, 4, 2, 1)
+    monkeypatch.setattr(conv, "_IM2COL_MAX_BYTES", 100)
+    got = conv.conv1d_weight_grad(x, g, 4, 2, 1)
     assert len(calls) == 1
     torch.testing.assert_close(got, _weight_grad_im2col(x, g, 4, 2, 1), atol=1e-6, rtol=1e-5)
 
