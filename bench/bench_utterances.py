@@ -80,41 +80,40 @@ def run(ctx: Any) -> list[Result]:
 
     train_step(*crops)
     train_step(*utt_batches[0][:3])
-    def faults() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
     secs = {"crops": 0.0, "utterances": 0.0}
     page_faults = {"crops": 0, "utterances": 0}
     frames = {"crops": [0, 0], "utterances": [0, 0]}  # input, reconstructed
+
+    def timed(side: str, batch: tuple[torch.Tensor, ...]) -> int:
+        """One step of ``side`` with its time, page faults and frames booked -> reconstructed frames."""
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        done = train_step(*batch)
+        secs[side] += time.perf_counter() - t0
+        page_faults[side] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        frames[side] = [a + d for a, d in zip(frames[side], done)]
+        return done[1]
+
     for b in utt_batches:
         # alternate: one utterance batch, then crop steps covering about as many frames
-        f0, t0 = faults(), time.perf_counter()
-        done = train_step(*b[:3])
-        secs["utterances"] += time.perf_counter() - t0
-        page_faults["utterances"] += faults() - f0
-        frames["utterances"] = [a + d for a, d in zip(frames["utterances"], done)]
-        target, covered = done[1], 0
+        target, covered = timed("utterances", b[:3]), 0
         while covered < target:
-            f0, t0 = faults(), time.perf_counter()
-            done = train_step(*crops)
-            secs["crops"] += time.perf_counter() - t0
-            page_faults["crops"] += faults() - f0
-            frames["crops"] = [a + d for a, d in zip(frames["crops"], done)]
-            covered += done[1]
+            covered += timed("crops", crops)
     fps = {k: [n / secs[k] for n in frames[k]] for k in secs}
     cfg = {**cfg, "device": str(device), "sampled_batches": len(utt_batches), "seconds": {k: round(v, 2) for k, v in secs.items()},
            "minor_page_faults": page_faults}
-    reconstructed = Result(
-        "utterances_vs_crops_frames_per_s", "frames/s", round(fps["utterances"][1], 1), round(fps["crops"][1], 1),
-        round(fps["utterances"][1] / fps["crops"][1], 3), ">= 1x", fps["utterances"][1] >= fps["crops"][1],
-        config={**cfg, "frames": {k: v[1] for k, v in frames.items()}},
-        note="reconstructed (loss) frames per second: ours in whole-utterance batches (ours column) vs ours on crops "
-             "(reference column)")
-    inputs = Result(
-        "utterances_vs_crops_input_frames_per_s", "frames/s", round(fps["utterances"][0], 1), round(fps["crops"][0], 1),
-        round(fps["utterances"][0] / fps["crops"][0], 3), "", None,
-        config={**cfg, "frames": {k: v[0] for k, v in frames.items()}},
-        note="the same steps counted in input frames (34 per crop): for information, crops count their context")
+    reconstructed, inputs = (
+        Result(name, "frames/s", round(fps["utterances"][i], 1), round(fps["crops"][i], 1),
+               round(fps["utterances"][i] / fps["crops"][i], 3), target_text,
+               fps["utterances"][i] >= fps["crops"][i] if target_text else None,
+               config={**cfg, "frames": {k: v[i] for k, v in frames.items()}}, note=note)
+        for i, name, target_text, note in (
+            (1, "utterances_vs_crops_frames_per_s", ">= 1x",
+             ("reconstructed (loss) frames per second: ours in whole-utterance batches (ours column) vs ours on crops "
+              "(reference column)")),
+            (0, "utterances_vs_crops_input_frames_per_s", "",
+             "the same steps counted in input frames (34 per crop): for information, crops count their context"),
+        )
+    )
     for r in (reconstructed, inputs):
         results.append(r)
         ctx.log(r)
