@@ -178,7 +178,29 @@ def stream_audio(
 
 def _mono(data: np.ndarray) -> np.ndarray:
     """``[N, C]`` soundfile frames -> ``[N]`` float32 channel mean (also when N < C)."""
-    return data.mean(axis=1).astype(np.float32, copy=False)
+    return _channel_mean(data, axis=1)
+
+
+def _channel_mean(data: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over the channel ``axis`` of a 2-D array, as float32.
+
+    Equal to ``data.mean(axis=axis)`` (numpy sums fewer than 8 terms in order, as here),
+    but a channel at a time: numpy's reduction over the short, strided axis of ``[N, 2]``
+    takes ~15 ns per frame, ~11 % of the time to extract the embedded corpus (half of
+    it stereo); this takes under 1.
+    """
+    n_ch = data.shape[axis]
+    if n_ch >= 8 or data.dtype not in (np.float32, np.float64):
+        # numpy's pairwise summation (8+ terms) or its own accumulator dtype: keep its result
+        return data.mean(axis=axis).astype(np.float32, copy=False)
+    channels = data if axis == 0 else data.T  # channels[c]: a view of channel c
+    if n_ch == 1:
+        return channels[0].astype(np.float32)
+    acc = channels[0] + channels[1]
+    for c in range(2, n_ch):
+        acc += channels[c]
+    acc /= acc.dtype.type(n_ch)
+    return acc.astype(np.float32, copy=False)
 
 
 def _resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
@@ -245,7 +267,7 @@ def downmix(wav: np.ndarray) -> np.ndarray:
     if wav.ndim != 2:
         raise AudioError(f"audio array must be 1-D [N] or 2-D [N, C], got shape {wav.shape}")
     axis = 0 if wav.shape[0] < wav.shape[1] else 1
-    return wav.mean(axis=axis).astype(np.float32, copy=False)
+    return _channel_mean(wav, axis)
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

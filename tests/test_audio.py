@@ -13,6 +13,7 @@ import scipy.signal
 import soundfile as sf
 
 from sqvae_speech.audio import (
+    _channel_mean,
     audio_info,
     downmix,
     is_silent,
@@ -201,6 +202,24 @@ def test_downmix_layouts() -> None:
     assert downmix(np.arange(5.0)).dtype == np.float32
     with pytest.raises(AudioError):
         downmix(np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6, 7, 8, 11])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16])
+def test_channel_mean_equals_numpy_mean_bit_for_bit(channels: int, dtype: type) -> None:
+    # The channel-at-a-time sum (the fast path: fewer than 8 float channels) must give
+    # numpy's own mean of the same array exactly, in both layouts, also with fewer
+    # samples than channels.
+    rng = np.random.default_rng(channels)
+    for n in (48000, 3):
+        x = (rng.standard_normal((n, channels)) * 3000).astype(dtype)  # [N, C]
+        for data, axis in ((x, 1), (np.ascontiguousarray(x.T), 0)):
+            expect = data.mean(axis=axis).astype(np.float32)
+            got = _channel_mean(data, axis=axis)
+            assert got.dtype == np.float32 and got.shape == (n,)
+            np.testing.assert_array_equal(got, expect)
+            if n > channels:  # downmix takes the shorter axis as the channels
+                np.testing.assert_array_equal(downmix(data), expect)
 
 
 def test_peak_normalize(mono_clip: Path) -> None:
