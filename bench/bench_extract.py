@@ -8,7 +8,10 @@ Reference: :func:`reference.reference_logmel_file` per utterance (librosa.load,
 lfilter pre-emphasis, librosa.feature.melspectrogram with reflect padding,
 amplitude_to_db) and ``np.save`` of each result, in one process. The authors'
 preprocess.py ran the same function in a process pool of ``cpu_count()`` workers, so a
-second line compares with the reference in ``nj`` processes too.
+second line compares with the reference in ``nj`` processes too. Each of those workers
+holds OpenBLAS to one thread: left at its default (one thread per core) every process
+runs librosa's mel product on all cores, and two processes on two cores ran at ~145-215x,
+slower than one process (~300x); held to one thread they make ~570-590x, the fair figure.
 
 Both read files the page cache already holds (a warm-up pass reads every file first),
 and both run after their imports (and librosa's numba compilation) are done. Ours
@@ -38,6 +41,12 @@ TARGET_RTF = 800.0
 REFERENCE_EVERY = 4
 
 
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits  # installed with librosa (scikit-learn)
+
+    threadpool_limits(1)
+
+
 def _reference_one(args: tuple[str, str]) -> None:
     path, out = args
     np.save(out, reference_logmel_file(path))
@@ -53,7 +62,7 @@ def reference_extract(paths: list[str], out_dir: Path, nj: int = 1) -> float:
             _reference_one(job)
     else:
         # fork, as the authors' ProcessPoolExecutor did on Linux
-        with ProcessPoolExecutor(max_workers=nj) as pool:
+        with ProcessPoolExecutor(max_workers=nj, initializer=_one_blas_thread) as pool:
             list(pool.map(_reference_one, jobs, chunksize=8))
     return time.perf_counter() - t0
 
