@@ -44,7 +44,7 @@ class Context:
         self.threads = torch.get_num_threads()
         self.devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
         self.reps = args.reps
-        self.extract_reps = 1
+        self.extract_reps = 1 if args.quick else 3
         self.eval_reps = 1 if args.quick else 2
         self.eval_max_frames = 8000
         self.utterance_batches = 3 if args.quick else 16
