@@ -11,7 +11,7 @@ preprocess.py ran the same function in a process pool of ``cpu_count()`` workers
 second line compares with the reference in ``nj`` processes too. Each of those workers
 holds OpenBLAS to one thread: left at its default (one thread per core) every process
 runs librosa's mel product on all cores, and two processes on two cores ran at ~145-215x,
-slower than one process (~300x); held to one thread they make ~570-590x, the fair figure.
+slower than one process (~300x); held to one thread they make ~500-600x, the fair figure.
 
 Both read files the page cache already holds (a warm-up pass reads every file first),
 and both run after their imports (and librosa's numba compilation) are done. Ours
