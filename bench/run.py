@@ -48,6 +48,7 @@ class Context:
         self.eval_reps = 1 if args.quick else 2
         self.eval_max_frames = 8000
         self.utterance_batches = 3 if args.quick else 16
+        self.utterance_passes = 1 if args.quick else 3
         self.nj = args.nj
         self.corpus = corpus_dir()
         self.data_dir = work / "data"
