@@ -102,10 +102,27 @@ def run(ctx: Any) -> list[Result]:
 
 # ----------------------------------------------------------------------------- CUDA only
 
-# Dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of common GPUs, from
-# the vendors' data sheets (SXM parts); a GPU not listed reports only the measured matmul rate.
-PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0), "L40S": (91.6, 362.0),
-               "A10": (31.2, 125.0), "V100": (15.7, 125.0), "L4": (30.3, 121.0), "RTX 4090": (82.6, 165.0)}
+# Dense peak TFLOP/s of common GPUs from the vendors' data sheets (no sparsity; SXM
+# parts unless named; the first name found in the device name wins): (fp32 without tensor cores, tf32 tensor cores or None, bf16 tensor cores with
+# fp32 accumulation). cuDNN runs fp32 convolutions on TF32 tensor cores by default
+# (torch.backends.cudnn.allow_tf32), so the fp32 line is judged against the TF32 peak
+# then. A GPU not listed reports only the measured matmul rate.
+PEAK_TFLOPS = {"H100 PCIe": (51.2, 378.0, 756.0), "H100": (67.0, 494.7, 989.4), "H200": (67.0, 494.7, 989.4), "A100": (19.5, 156.0, 312.0),
+               "L40S": (91.6, 183.0, 362.1), "A10": (31.2, 62.5, 125.0), "V100": (15.7, None, None),
+               "L4": (30.3, 60.0, 121.0), "RTX 4090": (82.6, 82.6, 165.2)}
+
+
+def peak_tflops(device_name: str, dtype: torch.dtype, tf32: bool) -> tuple[float | None, str]:
+    """(data-sheet dense peak, which peak) for the encoder convs of ``dtype`` on this GPU."""
+    peaks = next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+    if peaks is None:
+        return None, "unknown GPU"
+    fp32, tf32_peak, bf16 = peaks
+    if dtype == torch.bfloat16:
+        return bf16, "bf16 tensor cores"
+    if tf32 and tf32_peak is not None:
+        return tf32_peak, "tf32 tensor cores (cudnn.allow_tf32)"
+    return fp32, "fp32 (no tensor cores)"
 
 
 def encoder_conv_flops(batch: int, frames: int, channels: int = 768, n_mels: int = 80) -> float:
@@ -147,7 +164,6 @@ def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: tor
 
     # Achieved TFLOP/s of the encoder convolutions vs the GPU's peak.
     name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     for big in (52, 512):
         x = torch.randn(big, 80, 34, device=device)
         lens = torch.full((big,), 34, device=device)
@@ -160,10 +176,10 @@ def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: tor
             sec = _cuda_time(fwd_bwd, max(3, ctx.reps))
             tflops = flops / sec / 1e12
             label = "fp32" if dtype == torch.float32 else "bf16"
-            peak_v = None if peak is None else peak[0 if dtype == torch.float32 else 1]
+            peak_v, peak_kind = peak_tflops(name, dtype, torch.backends.cudnn.allow_tf32)
             out.append(Result(f"encoder_conv_tflops_{label}_batch{big}_cuda", "TFLOP/s", round(tflops, 2), peak_v,
                               None if peak_v is None else round(tflops / peak_v, 3), config={
-                                  "device": name, "flops_per_step": flops, "seconds": sec,
+                                  "device": name, "flops_per_step": flops, "seconds": sec, "peak": peak_kind,
                                   "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                                   "cudnn_tf32": torch.backends.cudnn.allow_tf32},
                               note="reference column = data-sheet dense peak; ratio = fraction of peak"))
