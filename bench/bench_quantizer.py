@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Result, alternate, median, time_ratio
+from common import Result, alternate, median, time_ratio, with_kernel_counts
 from reference import RefSQEmbedding
 
 from sqvae_speech.quantizers import GaussianSQ
@@ -125,20 +125,29 @@ def measure_memory(impl: str, variant: str, device: torch.device, threads: int) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(ctx: Any) -> list[Result]:
+def run(ctx: Any, judged: bool = True, name_suffix: str = "", note: str = "",
+        extra_config: dict[str, Any] | None = None) -> list[Result]:
+    """Quantizer time and peak memory, ours vs reference, per variant and device.
+    ``judged=False`` (bench_allocator): time only, CPU only, no targets, names ending in
+    ``name_suffix``."""
     results = []
-    for device in ctx.devices:
-        suffix = "" if device.type == "cpu" else f"_{device.type}"
+    for device in ctx.devices if judged else [torch.device("cpu")]:
+        suffix = ("" if device.type == "cpu" else f"_{device.type}") + name_suffix
         sync = torch.cuda.synchronize if device.type == "cuda" else None
         for variant, (roman, _) in VARIANTS.items():
-            fns = {impl: step_fn(impl, variant, *make(impl, variant, device)) for impl in ("ours", "reference")}
+            fns, per_call = with_kernel_counts(
+                {impl: step_fn(impl, variant, *make(impl, variant, device)) for impl in ("ours", "reference")})
             check = agreement(variant, device)
             times = alternate(fns, max(ctx.reps, 5) * 2, warmup=2, sync=sync)
             r = time_ratio(f"quantizer_fwd_bwd_{roman}{suffix}", "ms", median(times["ours"]), median(times["reference"]),
-                           SPEED_TARGET if device.type == "cpu" else None,
-                           config={"N": BATCH * LENGTH, "D": DIM, "K": CODES, "device": str(device), **check})
+                           SPEED_TARGET if device.type == "cpu" and judged else None,
+                           config={"N": BATCH * LENGTH, "D": DIM, "K": CODES, "device": str(device), **check,
+                                   "per_call": per_call(), **(extra_config or {})},
+                           note=note)
             results.append(r)
             ctx.log(r)
+            if not judged:
+                continue
             mem = {impl: measure_memory(impl, variant, device, ctx.threads) for impl in ("ours", "reference")}
             mib = {k: v["peak_bytes"] / 2**20 for k, v in mem.items()}
             ratio = mib["reference"] / mib["ours"] if mib["ours"] > 0 else None

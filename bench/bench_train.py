@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from common import Result, alternate, median, time_ratio
+from common import Result, alternate, median, time_ratio, with_kernel_counts
 from reference import reference_from_ours
 
 from sqvae_speech.config import ModelConfig, TrainConfig
@@ -74,28 +74,34 @@ def sync_for(device: torch.device):
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
-def run(ctx: Any) -> list[Result]:
-    """Training-step time, ours vs reference, for variants I, III, IV on ``ctx.device``."""
+def run(ctx: Any, judged: bool = True, name_suffix: str = "", note: str = "",
+        extra_config: dict[str, Any] | None = None) -> list[Result]:
+    """Training-step time, ours vs reference, for variants I, III, IV on every device in
+    ``ctx.devices``. ``judged=False`` (bench_allocator) reports without targets, on CPU
+    only, under names ending in ``name_suffix``."""
     results = []
-    for device in ctx.devices:
+    extra_config = extra_config or {}
+    for device in ctx.devices if judged else [torch.device("cpu")]:
         mels, lengths, speakers, names = ctx.crop_batch(52)
         mels, lengths, speakers = mels.to(device), lengths.to(device), speakers.to(device)
         suffix = "" if device.type == "cpu" else f"_{device.type}"
         for variant, (roman, target) in VARIANTS.items():
             ours, ref = make_pair(variant, names, device)
-            fns = step_functions(ours, ref, mels, lengths, speakers)
+            fns, per_call = with_kernel_counts(step_functions(ours, ref, mels, lengths, speakers))
             times = alternate(fns, ctx.reps, warmup=2, sync=sync_for(device))
             results.append(time_ratio(
-                f"train_step_{roman}{suffix}", "ms", median(times["ours"]), median(times["reference"]),
-                target if device.type == "cpu" else None,
+                f"train_step_{roman}{suffix}{name_suffix}", "ms", median(times["ours"]), median(times["reference"]),
+                target if device.type == "cpu" and judged else None,
                 config={"variant": variant, "batch": 52, "frames": int(mels.shape[-1]), "channels": 768,
                         "K": 512, "D": 64, "device": str(device), "reps": ctx.reps,
                         "ours_ms_all": [round(t * 1e3, 1) for t in times["ours"]],
-                        "reference_ms_all": [round(t * 1e3, 1) for t in times["reference"]]},
+                        "reference_ms_all": [round(t * 1e3, 1) for t in times["reference"]],
+                        "per_call": per_call(), **extra_config},
+                note=note,
             ))
             ctx.log(results[-1])
             del ours, ref, fns
-        if device.type == "cuda":
+        if device.type == "cuda" and judged:
             results += cuda_extras(ctx, device, mels, lengths, speakers, names)
     return results
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -66,6 +67,33 @@ def alternate(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1,
             sync()
             times[key].append(time.perf_counter() - t0)
     return times
+
+
+def with_kernel_counts(fns: dict[str, Callable[[], Any]]) -> tuple[dict[str, Callable[[], Any]], Callable[[], dict[str, Any]]]:
+    """``fns`` wrapped to count, per function, the process's minor page faults and system
+    (kernel) CPU time during its calls -> (wrapped fns, a function giving the per-call means
+    over every call so far, warm-up included: ``{key: {"minor_page_faults": n,
+    "system_cpu_ms": ms}}``). Process-wide counters (all threads), so only meaningful when
+    the functions run one at a time (as in :func:`alternate`)."""
+    totals = {k: [0, 0, 0.0] for k in fns}  # calls, faults, system seconds
+
+    def wrap(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def counted() -> Any:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            out = fn()
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            t = totals[key]
+            t[0] += 1
+            t[1] += r1.ru_minflt - r0.ru_minflt
+            t[2] += r1.ru_stime - r0.ru_stime
+            return out
+        return counted
+
+    def per_call() -> dict[str, Any]:
+        return {k: {"minor_page_faults": round(f / max(n, 1)), "system_cpu_ms": round(1e3 * s / max(n, 1), 1)}
+                for k, (n, f, s) in totals.items()}
+
+    return {k: wrap(k, fn) for k, fn in fns.items()}, per_call
 
 
 def median(xs: list[float]) -> float:
