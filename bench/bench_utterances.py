@@ -112,14 +112,14 @@ def run(ctx: Any) -> list[Result]:
     # sample), and the median crop step (every crop step is the same work).
     utt_median = sum(statistics.median(t) for t in utt_secs)
     crop_median = statistics.median(crop_secs)
-    fps = {"utterances": [sum(f[i] for f in utt_frames) / utt_median for i in (0, 1)],
-           "crops": [crop_frames[i] / crop_median for i in (0, 1)]}
+    frames = {"utterances": [sum(f[i] for f in utt_frames) for i in (0, 1)], "crops": list(crop_frames)}
+    fps = {"utterances": [n / utt_median for n in frames["utterances"]],
+           "crops": [n / crop_median for n in frames["crops"]]}
     cfg = {**cfg, "device": str(device), "sampled_batches": len(utt_batches), "passes": ctx.utterance_passes,
            "crop_steps": len(crop_secs),
            "seconds": {"utterances": round(sum(map(sum, utt_secs)), 2), "crops": round(sum(crop_secs), 2)},
            "median_seconds": {"utterances_sample": round(utt_median, 3), "crop_step": round(crop_median, 4)},
            "minor_page_faults": page_faults}
-    frames = {"utterances": [sum(f[i] for f in utt_frames) for i in (0, 1)], "crops": list(crop_frames)}
     reconstructed, inputs = (
         Result(name, "frames/s", round(fps["utterances"][i], 1), round(fps["crops"][i], 1),
                round(fps["utterances"][i] / fps["crops"][i], 3), target_text,
