@@ -155,7 +155,12 @@ def _cuda_time(fn, reps: int) -> float:
 
 
 def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: torch.Tensor,
-                speakers: torch.Tensor, names: tuple[str, ...]) -> list[Result]:
+                speakers: torch.Tensor, names: tuple[str, ...], conv_batches: tuple[int, ...] = (52, 512),
+                matmul_n: int = 8192, loader_steps: int = 60, loader_train: TrainConfig | None = None) -> list[Result]:
+    """The GPU-only figures: bf16 vs fp32 step, encoder-conv TFLOP/s at ``conv_batches``
+    crops, an ``matmul_n``^2 fp32 matmul and the DataLoader wait share over ``loader_steps``
+    steps (with ``loader_train``, default :class:`TrainConfig`). The defaults are the
+    benchmark's; tests run it smaller on the CPU with the CUDA calls stubbed."""
     out = []
     # fp32 vs bf16 autocast step time (ours, variant IV).
     ours, ref = make_pair("gaussian_4", names, device)
@@ -170,10 +175,11 @@ def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: tor
 
     # Achieved TFLOP/s of the encoder convolutions vs the GPU's peak.
     name = torch.cuda.get_device_name(device)
-    for big in (52, 512):
-        x = torch.randn(big, 80, 34, device=device)
-        lens = torch.full((big,), 34, device=device)
-        flops = encoder_conv_flops(big, 34)
+    frames, channels = int(mels.shape[-1]), ours.config.encoder.channels
+    for big in conv_batches:
+        x = torch.randn(big, 80, frames, device=device)
+        lens = torch.full((big,), frames, device=device)
+        flops = encoder_conv_flops(big, frames, channels)
         for dtype in (torch.float32, torch.bfloat16):
             def fwd_bwd(dtype: torch.dtype = dtype, x: torch.Tensor = x, lens: torch.Tensor = lens) -> None:
                 with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
@@ -190,25 +196,28 @@ def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: tor
                                   "cudnn_tf32": torch.backends.cudnn.allow_tf32},
                               note="reference column = data-sheet dense peak; ratio = fraction of peak"))
             ctx.log(out[-1])
-    a = torch.randn(8192, 8192, device=device)
+    a = torch.randn(matmul_n, matmul_n, device=device)
     mm = _cuda_time(lambda: a @ a, 5)
-    out.append(Result("matmul_8192_fp32_cuda", "TFLOP/s", round(2 * 8192**3 / mm / 1e12, 2), None, None,
+    out.append(Result(f"matmul_{matmul_n}_fp32_cuda", "TFLOP/s", round(2 * matmul_n**3 / mm / 1e12, 2), None, None,
                       config={"device": name}, note="a large matmul: the fp32 rate this GPU reaches in practice"))
     ctx.log(out[-1])
-    out.append(dataloader_busy(ctx, ours, device))
+    out.append(dataloader_busy(ctx, ours, device, loader_steps, loader_train))
     ctx.log(out[-1])
     return out
 
 
-def dataloader_busy(ctx: Any, model: SpeechSQVAE, device: torch.device, steps: int = 60) -> Result:
+def dataloader_busy(ctx: Any, model: SpeechSQVAE, device: torch.device, steps: int = 60,
+                    train: TrainConfig | None = None) -> Result:
     """Share of wall time a training loop on the GPU spends waiting for the next batch,
-    with the DataLoader settings training uses (crops, ``TrainConfig`` defaults)."""
+    with the DataLoader settings training uses (``train``, default ``TrainConfig()``: crops)."""
     import time
 
     from sqvae_speech.config import ExperimentConfig
     from sqvae_speech.train import build_loader
 
-    cfg = ExperimentConfig().replace(model=model.config)
+    if steps <= 5:
+        raise ValueError(f"dataloader_busy needs more than the 5 start-up steps it leaves out, got {steps}")
+    cfg = ExperimentConfig().replace(model=model.config, train=train or TrainConfig())
     loader = build_loader(cfg, ctx.train_store, seed=0, pin_memory=True)
     opt = build_optimizer(model, 4e-4)
     wait = total = 0.0

@@ -179,10 +179,11 @@ class RefSQVAE(nn.Module):
     """Encoder + decoder of the reference formulation; ``forward`` returns the training losses."""
 
     def __init__(self, variant: str, n_speakers: int, channels: int = 768, num_embeddings: int = 512,
-                 embedding_dim: int = 64, jitter: float = 0.5) -> None:
+                 embedding_dim: int = 64, jitter: float = 0.5, speaker_embedding_dim: int = 64,
+                 hidden: int = 128) -> None:
         super().__init__()
         self.encoder = RefEncoder(variant, 80, channels, num_embeddings, embedding_dim, jitter)
-        self.decoder = RefDecoder(embedding_dim, 80, n_speakers)
+        self.decoder = RefDecoder(embedding_dim, 80, n_speakers, speaker_embedding_dim, hidden)
 
     def forward(self, mels: Tensor, speakers: Tensor, temperature: float = 1.0) -> RefOutput:
         z, kl, perplexity = self.encoder(mels, temperature)
@@ -202,8 +203,12 @@ def reference_from_ours(model: nn.Module) -> RefSQVAE:
     """A :class:`RefSQVAE` holding the weights (and batch-norm statistics) of a
     :class:`~sqvae_speech.models.SpeechSQVAE` of variant I, III or IV."""
     cfg = model.config
-    q = cfg.quantizer
-    ref = RefSQVAE(cfg.variant, len(cfg.speakers), cfg.encoder.channels, q.num_embeddings, q.embedding_dim, cfg.jitter)
+    q, d = cfg.quantizer, cfg.decoder
+    if cfg.n_mels != 80 or d.num_layers != 2 or cfg.recon_kind != "arelbo":
+        raise ValueError("the reference formulation has 80 mel bands, a 2-layer GRU decoder and the arelbo "
+                         f"reconstruction; this model has {cfg.n_mels}, {d.num_layers} and {cfg.recon_kind}")
+    ref = RefSQVAE(cfg.variant, len(cfg.speakers), cfg.encoder.channels, q.num_embeddings, q.embedding_dim,
+                   cfg.jitter, d.speaker_embedding_dim, d.hidden_size)
     ours = model.state_dict()
     mapped: dict[str, Tensor] = {}
     for i in range(5):
