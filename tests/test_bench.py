@@ -1,0 +1,220 @@
+"""The benchmarks' own code (bench/), without running `make bench` (minutes).
+
+`make bench` is only as honest as its reference re-implementations, and its GPU part runs
+only where a GPU is lent. These tests hold both to account in every test run:
+
+- the reference formulation gives our results: features, quantizer logits, training
+  losses and gradients (same weights, same noise), evaluation MSE;
+- the analytic FLOP count of the encoder convolutions equals PyTorch's own count;
+- the GPU-only figures run end to end on the CPU with the CUDA calls stubbed, so a
+  change in the package cannot break them unseen.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_eval
+import bench_quantizer
+import bench_train
+from reference import reference_from_ours, reference_logmel_file
+
+from sqvae_speech.audio import load_audio
+from sqvae_speech.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    QuantizerConfig,
+    TrainConfig,
+)
+from sqvae_speech.data import CropDataset, collate
+from sqvae_speech.evaluate import evaluate_model
+from sqvae_speech.features import logmel
+from sqvae_speech.models import SpeechSQVAE
+
+VARIANTS = ("gaussian_1", "gaussian_3", "gaussian_4")
+
+
+def small_model(variant: str, speakers: tuple[str, ...], jitter: float = 0.5, seed: int = 0) -> SpeechSQVAE:
+    """A model small enough for a CPU test, in the shapes the reference can hold."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(variant=variant, jitter=jitter, encoder=EncoderConfig(channels=32),
+                      quantizer=QuantizerConfig(num_embeddings=16, embedding_dim=8),
+                      decoder=DecoderConfig(speaker_embedding_dim=8, hidden_size=16), speakers=speakers)
+    return SpeechSQVAE(cfg).train()
+
+
+def crops(store, speakers: tuple[str, ...], batch: int, seed: int = 0):
+    """(mels [B, 80, 34], lengths [B], speakers [B]) of real crops."""
+    torch.manual_seed(seed)
+    ds = CropDataset(store, speakers, 32)
+    b = collate([ds[i] for i in range(batch)])
+    return b.mels, b.lengths, b.speakers
+
+
+def test_reference_features_equal_ours(speech_files):
+    for path in (speech_files["cs-m"][0], speech_files["nl-v"][1]):
+        ref = reference_logmel_file(str(path))
+        ours = logmel(load_audio(path, 16000), 16000)
+        assert ref.shape == ours.shape, path
+        assert float(np.abs(ref - ours).max()) * 80 < 0.01, f"{path}: features differ by more than 0.01 dB"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reference_quantizer_logits_equal_ours(variant):
+    agree = bench_quantizer.agreement(variant, torch.device("cpu"))  # paper size: 832 x 512 logits
+    assert agree["max_rel_logit_diff"] < 1e-5
+    assert agree["same_argmax_share"] == 1.0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reference_training_loss_and_gradients_equal_ours(real_featstore, variant):
+    """Same weights and the same Gumbel uniforms (one draw of [N, K] each, from the same
+    seed), jitter off: the reference's loss and every gradient equal ours."""
+    speakers = tuple(real_featstore.speakers)
+    ours = small_model(variant, speakers, jitter=0.0)
+    ref = reference_from_ours(ours).train()
+    mels, lengths, spk = crops(real_featstore, speakers, 6)
+    torch.manual_seed(1)
+    out = ours(mels, lengths, spk, temperature=0.8)
+    out.loss.backward()
+    torch.manual_seed(1)
+    ref_out = ref(mels, spk, 0.8)
+    ref_out.loss.backward()
+    torch.testing.assert_close(ref_out.loss, out.loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ref_out.recon, out.recon, rtol=1e-5, atol=1e-4)
+    pairs = [(ref.encoder.encoder[0].weight, ours.encoder.convs[0].weight),
+             (ref.encoder.encoder[15].weight, ours.encoder.out.weight),
+             (ref.encoder.codebook.embedding, ours.quantizer.codebook),
+             (ref.encoder.log_var_q_scalar, ours.quantizer.log_var_scalar),
+             (ref.decoder.fc.weight, ours.decoder.proj.weight)]
+    for r, o in pairs:
+        torch.testing.assert_close(r.grad.reshape(o.grad.shape), o.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_training_step_closures_step_both_models(real_featstore):
+    speakers = tuple(real_featstore.speakers)
+    ours = small_model("gaussian_4", speakers)
+    ref = reference_from_ours(ours).train()
+    mels, lengths, spk = crops(real_featstore, speakers, 4)
+    before = {"ours": ours.quantizer.codebook.detach().clone(), "reference": ref.encoder.codebook.embedding.detach().clone()}
+    fns = bench_train.step_functions(ours, ref, mels, lengths, spk)
+    for _ in range(2):
+        fns["ours"]()
+        fns["reference"]()
+    assert not torch.equal(before["ours"], ours.quantizer.codebook)
+    assert not torch.equal(before["reference"], ref.encoder.codebook.embedding)
+    assert all(p.grad is None for p in ours.parameters()), "the step must leave no gradients behind"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reference_evaluation_equals_ours(real_featstore, variant):
+    store = real_featstore
+    speakers = tuple(store.speakers)
+    model = small_model(variant, speakers)
+    mels, lengths, spk = crops(store, speakers, 16)
+    with torch.no_grad():  # batch-norm statistics of real crops
+        for _ in range(3):
+            model(mels, lengths, spk)
+    model.eval()
+    items = [(u, store.speaker(u)) for u in store.utterances]
+    ours = evaluate_model(model, store, items, 2000, "cpu")[0]
+    ref = bench_eval.reference_mse(reference_from_ours(model).eval(), store, items, speakers, torch.device("cpu"))
+    assert abs(ours - ref) / ref < 1e-4, (ours, ref)
+
+
+def test_reference_from_ours_refuses_what_the_reference_lacks():
+    cfg = small_model("gaussian_4", ("a",)).config
+    with pytest.raises(ValueError, match="2-layer GRU"):
+        reference_from_ours(SpeechSQVAE(cfg.replace(decoder=DecoderConfig(8, 16, num_layers=1))))
+    with pytest.raises(ValueError, match="variants"):
+        reference_from_ours(SpeechSQVAE(cfg.replace(variant="gaussian_2")))
+
+
+def test_encoder_conv_flops_equal_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    channels, batch, frames = 16, 3, 34
+    ref = reference_from_ours(small_model("gaussian_4", ("a",)).train())
+    convs = [m for m in ref.encoder.encoder if isinstance(m, torch.nn.Conv1d)][:5]
+    for conv in convs:  # the reference encoder at the test's width
+        conv.weight = torch.nn.Parameter(torch.randn(channels, conv.in_channels if conv is convs[0] else channels,
+                                                     conv.kernel_size[0]))
+    x = torch.randn(batch, 80, frames)  # no input gradient, as for the real encoder input
+    with FlopCounterMode(display=False) as counter:
+        y = x
+        for conv in convs:
+            y = torch.relu(conv(y))
+        y.sum().backward()
+    assert counter.get_total_flops() == bench_train.encoder_conv_flops(batch, frames, channels)
+
+
+def test_peak_tflops_picks_the_named_part():
+    assert bench_train.peak_tflops("NVIDIA H100 PCIe", torch.float32, tf32=True) == (378.0, "tf32 tensor cores (cudnn.allow_tf32)")
+    assert bench_train.peak_tflops("NVIDIA H100 80GB HBM3", torch.float32, tf32=False)[0] == 67.0
+    assert bench_train.peak_tflops("NVIDIA H200", torch.bfloat16, tf32=True)[0] == 989.4
+    assert bench_train.peak_tflops("Tesla V100-SXM2-16GB", torch.float32, tf32=True)[0] == 15.7  # no TF32
+    assert bench_train.peak_tflops("Some Future GPU", torch.float32, tf32=True) == (None, "unknown GPU")
+
+
+class _Event:
+    """torch.cuda.Event on the host clock."""
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.t = 0.0
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: _Event) -> float:
+        return (end.t - self.t) * 1e3
+
+
+class _Ctx:
+    reps = 1
+
+    def __init__(self, store) -> None:
+        self.train_store = store
+        self.logged: list = []
+
+    def log(self, r) -> None:
+        self.logged.append(r)
+
+
+def test_cuda_figures_run_with_cuda_stubbed(real_featstore, monkeypatch):
+    """The GPU-only figures (bench_train.cuda_extras) end to end on the CPU, smaller, with
+    CUDA events, synchronization and the device name stubbed: every figure comes out
+    with the fields bench/README.md describes."""
+    speakers = tuple(real_featstore.speakers)
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(bench_train, "make_pair", lambda variant, names, device, seed=0: (
+        small_model(variant, names).to(device), reference_from_ours(small_model(variant, names)).to(device)))
+    mels, lengths, spk = crops(real_featstore, speakers, 4)
+    ctx = _Ctx(real_featstore)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(CUDA is not available|pin_memory).*")
+        results = bench_train.cuda_extras(ctx, torch.device("cpu"), mels, lengths, spk, speakers, conv_batches=(4,),
+                                          matmul_n=64, loader_steps=8,
+                                          loader_train=TrainConfig(batch_size=8, num_workers=1))
+    names = [r.name for r in results]
+    assert names == ["train_step_IV_bf16_vs_fp32_cuda", "encoder_conv_tflops_fp32_batch4_cuda",
+                     "encoder_conv_tflops_bf16_batch4_cuda", "matmul_64_fp32_cuda", "dataloader_wait_share_cuda"]
+    assert names == [r.name for r in ctx.logged]
+    for r in results:
+        assert r.ours is not None and np.isfinite(r.ours) and r.ours >= 0, r
+    conv = results[1]
+    assert conv.reference == 494.7 and conv.config["peak"].startswith("tf32")  # cudnn.allow_tf32 defaults on
+    assert conv.config["flops_per_step"] == bench_train.encoder_conv_flops(4, 34, 32)
+    assert results[-1].config["steps"] == 3 and 0 <= results[-1].ours <= 100
