@@ -158,7 +158,7 @@ def cuda_extras(ctx: Any, device: torch.device, mels: torch.Tensor, lengths: tor
                 speakers: torch.Tensor, names: tuple[str, ...], conv_batches: tuple[int, ...] = (52, 512),
                 matmul_n: int = 8192, loader_steps: int = 60, loader_train: TrainConfig | None = None) -> list[Result]:
     """The GPU-only figures: bf16 vs fp32 step, encoder-conv TFLOP/s at ``conv_batches``
-    crops, an ``matmul_n``^2 fp32 matmul and the DataLoader wait share over ``loader_steps``
+    crops, a ``matmul_n``^2 fp32 matmul and the DataLoader wait share over ``loader_steps``
     steps (with ``loader_train``, default :class:`TrainConfig`). The defaults are the
     benchmark's; tests run it smaller on the CPU with the CUDA calls stubbed."""
     out = []
