@@ -7,7 +7,8 @@ only where a GPU is lent. These tests hold both to account in every test run:
   losses and gradients (same weights, same noise), evaluation MSE;
 - the analytic FLOP count of the encoder convolutions equals PyTorch's own count;
 - the GPU-only figures run end to end on the CPU with the CUDA calls stubbed, so a
-  change in the package cannot break them unseen.
+  change in the package cannot break them unseen;
+- the "as run" figure's fresh processes run, ours with freed memory kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench_as_run
 import bench_eval
 import bench_quantizer
 import bench_train
@@ -217,3 +219,22 @@ def test_cuda_figures_run_with_cuda_stubbed(real_featstore, monkeypatch):
     assert conv.reference == 494.7 and conv.config["peak"].startswith("tf32")  # cudnn.allow_tf32 defaults on
     assert conv.config["flops_per_step"] == bench_train.encoder_conv_flops(4, 34, 32)
     assert results[-1].config["steps"] == 3 and 0 <= results[-1].ours <= 100
+
+
+def test_as_run_figure_runs_each_side_in_a_fresh_process(real_featstore, tmp_path, monkeypatch):
+    """bench_as_run end to end (variant IV only, one round, one timed step, 8 crops of
+    the paper-size model): two real child processes, ours with freed memory kept."""
+    speakers = tuple(real_featstore.speakers)
+    mels, lengths, spk = crops(real_featstore, speakers, 8)
+    ctx = _Ctx(real_featstore)
+    ctx.work, ctx.threads = tmp_path, 1
+    ctx.args = type("Args", (), {"quick": True})()
+    ctx.crop_batch = lambda batch: (mels, lengths, spk, speakers)
+    monkeypatch.setattr(bench_as_run, "VARIANTS", {"gaussian_4": "IV"})
+    (r,) = bench_as_run.run(ctx)
+    assert r.name == "train_step_IV_as_run" and r.target == "" and r.passed is None
+    assert r.ours > 0 and r.reference > 0 and r.ratio == pytest.approx(r.reference / r.ours, rel=1e-2)
+    assert r.config["ours_keep_freed_memory"] is True  # Linux with glibc, as CI runs
+    assert len(r.config["ours_ms_all"]) == len(r.config["reference_ms_all"]) == 1
+    assert set(r.config["per_step_median"]) == {"ours", "reference"}
+    assert not (tmp_path / "as_run_batch.pt").exists()
