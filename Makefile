@@ -66,7 +66,7 @@ lint: install
 
 # Ours next to a re-implementation of the authors' formulation, alternated in one process:
 # training step, quantizer, whole-utterance batching, evaluation, feature extraction and
-# ABX scoring. Prints a table, writes bench/results.json (about 6 minutes; bench/README.md).
+# ABX scoring. Prints a table, writes bench/results.json (about 6-7 minutes; bench/README.md).
 bench: install corpus
 	SQVAE_CORPUS=$(CURDIR)/$(CORPUS) $(PY) bench/run.py $(BENCH_ARGS)
 
