@@ -78,7 +78,13 @@ def run(ctx: Any) -> list[Result]:
     mels, lengths, speakers, names = ctx.crop_batch(52)
     batch_file = ctx.work / "as_run_batch.pt"
     torch.save({"mels": mels, "lengths": lengths, "speakers": speakers, "names": list(names)}, batch_file)
-    rounds = 1 if ctx.args.quick else ROUNDS
+    try:
+        return _run_all(ctx, batch_file, 1 if ctx.args.quick else ROUNDS)
+    finally:
+        batch_file.unlink(missing_ok=True)
+
+
+def _run_all(ctx: Any, batch_file: Path, rounds: int) -> list[Result]:
     results = []
     for variant, roman in VARIANTS.items():
         log: dict[str, list[list[float]]] = {"ours": [], "reference": []}
@@ -101,7 +107,6 @@ def run(ctx: Any) -> list[Result]:
                     "per_step_median": per_step},
             note=NOTE))
         ctx.log(results[-1])
-    batch_file.unlink(missing_ok=True)
     return results
 
 
