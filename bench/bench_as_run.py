@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Result, median, time_ratio
+from common import Result, median, run_child, time_ratio
 
 VARIANTS = {"gaussian_1": "I", "gaussian_3": "III", "gaussian_4": "IV"}
 ROUNDS = 2
@@ -67,11 +66,8 @@ def child(impl: str, variant: str, batch_file: str, threads: int, reps: int) -> 
 
 
 def _run_child(impl: str, variant: str, batch_file: Path, threads: int, reps: int) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, variant, str(batch_file), str(threads), str(reps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_as_run: the {impl} {variant} process failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(str(Path(__file__).resolve()), [impl, variant, str(batch_file), str(threads), str(reps)],
+                     f"bench_as_run: the {impl} {variant} process")
 
 
 def run(ctx: Any) -> list[Result]:

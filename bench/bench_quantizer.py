@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Result, alternate, median, time_ratio, with_kernel_counts
+from common import Result, alternate, median, run_child, time_ratio, with_kernel_counts
 from reference import RefSQEmbedding
 
 from sqvae_speech.quantizers import GaussianSQ
@@ -118,11 +117,7 @@ def _status_kib(key: str) -> int:
 
 def measure_memory(impl: str, variant: str, device: torch.device, threads: int) -> dict[str, Any]:
     env = dict(os.environ, BENCH_THREADS=str(threads))
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", impl, variant, str(device)],
-                         capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory child {impl} {variant} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(str(Path(__file__).resolve()), [impl, variant, str(device)], f"memory child {impl} {variant}", env)
 
 
 def run(ctx: Any, judged: bool = True, name_suffix: str = "", note: str = "",

@@ -8,10 +8,13 @@ happened to run while the machine was busy.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -94,6 +97,16 @@ def with_kernel_counts(fns: dict[str, Callable[[], Any]]) -> tuple[dict[str, Cal
                 for k, (n, f, s) in totals.items()}
 
     return {k: wrap(k, fn) for k, fn in fns.items()}, per_call
+
+
+def run_child(script: str, args: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python script --child ARGS`` in a fresh process and return the JSON object on
+    its last line of output; a failing child raises with ``what`` and its stderr's tail."""
+    proc = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, env=env,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def median(xs: list[float]) -> float:
