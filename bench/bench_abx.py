@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqvae_speech.abx import ItemSet, abx_from_tokens
+from sqvae_speech.zerospeech.abx import ItemSet, abx_from_tokens
 
 
 def synthetic_set(n_items: int, n_speakers: int = 24, n_phones: int = 40, dim: int = 64, seed: int = 0):

@@ -1,5 +1,5 @@
 """The training step and the quantizer again, both sides under the malloc setting that
-``train`` applies on CPU (:func:`sqvae_speech.allocator.keep_freed_memory`). For
+``train`` applies on CPU (:func:`sqvae_speech.nets.cpu.allocator.keep_freed_memory`). For
 information, no targets.
 
 The judged figures (bench_train, bench_quantizer) run in a process with glibc's default
@@ -22,7 +22,7 @@ import bench_quantizer
 import bench_train
 from common import Result
 
-from sqvae_speech.allocator import keep_freed_memory
+from sqvae_speech.nets.cpu.allocator import keep_freed_memory
 
 SUFFIX = "_keep_freed_memory"
 NOTE = ("both sides under keep_freed_memory (glibc keeps freed memory, as `train` sets on CPU); "

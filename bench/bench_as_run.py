@@ -1,6 +1,7 @@
 """The training step with each side as it is run: ours as ``sqvae-speech train`` runs it
-on CPU (freed memory kept, :func:`sqvae_speech.allocator.keep_freed_memory`) against the
-reference as the authors' loop runs (glibc's default malloc). For information, no target.
+on CPU (freed memory kept, :func:`sqvae_speech.nets.cpu.allocator.keep_freed_memory`)
+against the reference as the authors' loop runs (glibc's default malloc). For information,
+no target.
 
 A process holds one malloc setting, so neither the judged ``train_step_*`` figures (both
 sides in one process, default malloc) nor bench_allocator's (both with freed memory kept)
@@ -45,9 +46,11 @@ def child(impl: str, variant: str, batch_file: str, threads: int, reps: int) -> 
     system CPU seconds), and whether freed memory is kept (ours, where glibc allows)."""
     kept = False
     if impl == "ours":
-        from sqvae_speech.allocator import keep_freed_memory
+        from sqvae_speech.nets import cpu as cpu_kernels
+        from sqvae_speech.nets.cpu.allocator import keep_freed_memory
 
-        kept = keep_freed_memory()
+        if cpu_kernels.enabled():  # as `train` does (SQVAE_CPU_KERNELS)
+            kept = keep_freed_memory()
     import bench_train
 
     torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """Feature extraction of the embedded corpus (training set of ``sqvae-speech prepare
 fishfillets``): real time factor = audio seconds / wall seconds.
 
-Ours: :func:`sqvae_speech.extract.extract` with ``nj`` worker processes (default 2),
+Ours: :func:`sqvae_speech.data.extract.extract` with ``nj`` worker processes (default 2),
 reading, resampling, computing and packing everything into a feature store; the wall
 time covers the whole call (pool, shards, packing).
 Reference: :func:`reference.reference_logmel_file` per utterance (librosa.load,
@@ -34,8 +34,8 @@ import soundfile as sf
 from common import Result, median
 from reference import reference_logmel_file
 
-from sqvae_speech.datadir import read_datadir, utterance_audio
-from sqvae_speech.extract import extract
+from sqvae_speech.data.datadir import read_datadir, utterance_audio
+from sqvae_speech.data.extract import extract
 
 TARGET_RTF = 800.0
 REFERENCE_EVERY = 4

@@ -2,7 +2,7 @@
 
 Two figures, ours only (the authors' code has no whole-utterance mode):
 
-- padding waste of :class:`sqvae_speech.data.BucketBatchSampler` over the real lengths of
+- padding waste of :class:`sqvae_speech.data.batching.BucketBatchSampler` over the real lengths of
   the embedded corpus's training set, with the ``TrainConfig`` defaults
   (``max_frames``, ``max_utterance_frames``, ``batch_size``);
 - training throughput in mel frames per second: steps on bucketed whole-utterance
@@ -25,15 +25,16 @@ from typing import Any
 import torch
 from common import Result
 
-from sqvae_speech.allocator import keep_freed_memory
 from sqvae_speech.config import ModelConfig, TrainConfig
-from sqvae_speech.data import (
+from sqvae_speech.data.batching import (
     BucketBatchSampler,
     UtteranceDataset,
     collate,
     padding_waste,
 )
 from sqvae_speech.models import SpeechSQVAE, build_optimizer
+from sqvae_speech.nets import cpu as cpu_kernels
+from sqvae_speech.nets.cpu.allocator import keep_freed_memory
 from sqvae_speech.nets.speech import conv_out_lengths
 
 WASTE_TARGET = 0.10
@@ -58,9 +59,10 @@ def run(ctx: Any) -> list[Result]:
     ctx.log(results[-1])
 
     device = ctx.devices[-1]  # the GPU when there is one
-    if tc.keep_freed_memory and device.type == "cpu":
-        # What `train` does on CPU (process-wide, hence this benchmark runs last): large
-        # tensors are no longer mapped afresh at every step (sqvae_speech/allocator.py).
+    if device.type == "cpu" and cpu_kernels.enabled():
+        # What `train` does on CPU with the CPU kernels on (process-wide, hence this
+        # benchmark runs last): large tensors are no longer mapped afresh at every step
+        # (sqvae_speech/nets/cpu/allocator.py).
         cfg["keep_freed_memory"] = keep_freed_memory()
     torch.manual_seed(0)
     model = SpeechSQVAE(ModelConfig(variant="gaussian_4", speakers=tuple(store.speakers))).to(device).train()

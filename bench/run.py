@@ -64,20 +64,20 @@ class Context:
 
     @property
     def train_store(self):
-        from sqvae_speech.featstore import FeatureStore
+        from sqvae_speech.data.featstore import FeatureStore
 
         return FeatureStore.open(self.train_feats)
 
     @property
     def test_store(self):
-        from sqvae_speech.featstore import FeatureStore
+        from sqvae_speech.data.featstore import FeatureStore
 
         return FeatureStore.open(self.test_feats)
 
     def crop_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
         """A fixed batch of real 34-frame crops: (mels [B, 80, 34], lengths [B], speakers [B], speaker names)."""
         if self._crops is None or self._crops[0].shape[0] != batch:
-            from sqvae_speech.data import CropDataset, collate
+            from sqvae_speech.data.batching import CropDataset, collate
 
             store = self.train_store
             names = tuple(store.speakers)
@@ -100,7 +100,7 @@ def corpus_dir() -> Path:
 
 def prepare(ctx: Context, need_train_feats: bool) -> None:
     """Data dirs of the embedded corpus and (untimed) feature stores the benchmarks read."""
-    from sqvae_speech.extract import extract
+    from sqvae_speech.data.extract import extract
 
     t0 = time.perf_counter()
     if not (ctx.data_dir / "train" / "wav.scp").is_file():

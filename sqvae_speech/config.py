@@ -284,6 +284,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_feature_config(path: str | None) -> FeatureConfig:
+    """FeatureConfig from a YAML file: its ``features`` section, or the whole mapping."""
+    if path is None:
+        return FeatureConfig()
+    data = load_yaml(path)
+    section = data["features"] if isinstance(data.get("features"), dict) else data
+    return FeatureConfig.from_dict(section, where=str(path))
+
+
 def dump_yaml(obj: ConfigBase) -> str:
     """YAML text of a config (tuples written as lists)."""
     return yaml.safe_dump(_plain(obj.to_dict()), sort_keys=False)

@@ -49,10 +49,10 @@ def speech_files(sound_dir: Path) -> dict[str, list[Path]]:
 @pytest.fixture(scope="session")
 def real_featstore(tmp_path_factory, sound_dir: Path):
     """A small feature store of real speech: 10 clips of each main voice (40 utterances)."""
-    from sqvae_speech.audio import load_audio
     from sqvae_speech.config import FeatureConfig
-    from sqvae_speech.featstore import write_featstore
-    from sqvae_speech.features import logmel
+    from sqvae_speech.data.audio import load_audio
+    from sqvae_speech.data.featstore import write_featstore
+    from sqvae_speech.data.features import logmel
 
     cfg = FeatureConfig()
     items = []

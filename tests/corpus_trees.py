@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from sqvae_speech.audio import load_audio
+from sqvae_speech.data.audio import load_audio
 
 VOICES = ("cs-m", "cs-v", "nl-m", "nl-v")
 # The paper's ZeroSpeech 2019 dB^2 list, as the recipe carries it.

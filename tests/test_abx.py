@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sqvae_speech.abx import (
+from sqvae_speech.cli import main as cli_main
+from sqvae_speech.config import FeatureConfig
+from sqvae_speech.data.featstore import write_featstore
+from sqvae_speech.errors import SQVAEError
+from sqvae_speech.zerospeech.abx import (
     ItemFileError,
     ItemSet,
     abx,
@@ -22,10 +26,6 @@ from sqvae_speech.abx import (
     read_items,
     write_items,
 )
-from sqvae_speech.cli import main as cli_main
-from sqvae_speech.config import FeatureConfig
-from sqvae_speech.errors import SQVAEError
-from sqvae_speech.featstore import write_featstore
 
 
 # -- the brute-force reference -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""allocator.keep_freed_memory: large tensors stop page-faulting once memory is kept."""
+"""nets.cpu.allocator.keep_freed_memory: large tensors stop page-faulting once memory is kept."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.conftest import REPO
 _CHILD = textwrap.dedent(
     """
     import resource, sys, torch
-    from sqvae_speech.allocator import keep_freed_memory
+    from sqvae_speech.nets.cpu.allocator import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory() and keep_freed_memory()  # idempotent
     def faults():
@@ -47,7 +47,7 @@ def test_keep_freed_memory_stops_page_faults_of_large_tensors() -> None:
 
 
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqvae_speech import allocator
+    from sqvae_speech.nets.cpu import allocator
 
     monkeypatch.setattr(allocator, "_applied", False)
     monkeypatch.setattr(allocator.sys, "platform", "darwin")

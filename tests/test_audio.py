@@ -12,7 +12,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
-from sqvae_speech.audio import (
+from sqvae_speech.data.audio import (
     _channel_mean,
     audio_info,
     downmix,

@@ -31,7 +31,6 @@ import bench_quantizer
 import bench_train
 from reference import RefEncoder, reference_from_ours, reference_logmel_file
 
-from sqvae_speech.audio import load_audio
 from sqvae_speech.config import (
     DecoderConfig,
     EncoderConfig,
@@ -39,9 +38,10 @@ from sqvae_speech.config import (
     QuantizerConfig,
     TrainConfig,
 )
-from sqvae_speech.data import CropDataset, collate
+from sqvae_speech.data.audio import load_audio
+from sqvae_speech.data.batching import CropDataset, collate
+from sqvae_speech.data.features import logmel
 from sqvae_speech.evaluate import evaluate_model
-from sqvae_speech.features import logmel
 from sqvae_speech.models import SpeechSQVAE
 
 VARIANTS = ("gaussian_1", "gaussian_3", "gaussian_4")

@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sqvae_speech.bitrate import bitrate, entropy_bits, read_durations, symbol_counts
 from sqvae_speech.cli import main as cli_main
-from sqvae_speech.commands.bitrate import bitrate_of_dir
-from sqvae_speech.datadir import write_datadir
+from sqvae_speech.cli.bitrate import bitrate_of_dir
+from sqvae_speech.data.datadir import write_datadir
 from sqvae_speech.errors import SQVAEError
+from sqvae_speech.zerospeech.bitrate import (
+    bitrate,
+    entropy_bits,
+    read_durations,
+    symbol_counts,
+)
 
 
 def test_hand_computed_bitrates():

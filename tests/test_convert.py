@@ -11,10 +11,14 @@ import pytest
 import soundfile
 from conftest import tiny_experiment
 
-from sqvae_speech.audio import load_audio
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.convert import (
+from sqvae_speech.data.audio import load_audio
+from sqvae_speech.data.datadir import write_datadir
+from sqvae_speech.data.featstore import write_featstore
+from sqvae_speech.data.features import logmel
+from sqvae_speech.errors import SQVAEError
+from sqvae_speech.synthesis.convert import (
     ConversionItem,
     make_conversion_list,
     read_conversion_list,
@@ -22,11 +26,7 @@ from sqvae_speech.convert import (
     write_conversion_list,
     write_wav,
 )
-from sqvae_speech.datadir import write_datadir
-from sqvae_speech.errors import SQVAEError
-from sqvae_speech.f0 import compute_f0_stats, extract_f0, write_f0_stats
-from sqvae_speech.featstore import write_featstore
-from sqvae_speech.features import logmel
+from sqvae_speech.synthesis.f0 import compute_f0_stats, extract_f0, write_f0_stats
 from sqvae_speech.train import train
 
 SR = 16000
@@ -224,7 +224,7 @@ def test_vocoder_check_reports_round_trip_and_f0(tiny_exp: Path, data: Path, f0_
 def test_png_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
     from matplotlib.figure import Figure
 
-    from sqvae_speech.listening import plot_spectrograms
+    from sqvae_speech.synthesis.listening import plot_spectrograms
 
     target = tmp_path / "a.png"
     mel = np.random.default_rng(0).uniform(0.2, 1.0, (80, 30))

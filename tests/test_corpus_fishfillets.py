@@ -13,9 +13,9 @@ import pytest
 import soundfile
 
 from sqvae_speech.corpora import fishfillets as ff
-from sqvae_speech.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.featstore import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fishfillets"

@@ -19,9 +19,9 @@ from corpus_trees import make_vctk
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import ExperimentConfig, FeatureConfig, load_yaml
 from sqvae_speech.corpora import vctk
-from sqvae_speech.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.featstore import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "vctk"

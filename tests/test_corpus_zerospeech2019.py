@@ -25,10 +25,10 @@ from corpus_trees import (
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import ExperimentConfig, FeatureConfig, load_yaml
 from sqvae_speech.corpora import zerospeech2019 as zs
-from sqvae_speech.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.datadir import read_datadir, validate_datadir
+from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
 from sqvae_speech.evaluate import read_eval_list as read_evaluate_list
-from sqvae_speech.featstore import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "zerospeech2019"

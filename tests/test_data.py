@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from sqvae_speech.data import (
+from sqvae_speech.data.batching import (
     MIN_FRAMES,
     BucketBatchSampler,
     CropDataset,

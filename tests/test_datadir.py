@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from sqvae_speech import cli
-from sqvae_speech.datadir import (
+from sqvae_speech.data.datadir import (
     read_datadir,
     utterance_audio,
     validate_datadir,

@@ -8,9 +8,9 @@ from conftest import tiny_experiment
 from sqvae_speech.checkpoint import load_model
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
+from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.errors import FeatureStoreError, SQVAEError
 from sqvae_speech.evaluate import evaluate, evaluate_model, read_eval_list
-from sqvae_speech.featstore import write_featstore
 from sqvae_speech.train import train
 
 

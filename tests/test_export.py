@@ -13,14 +13,14 @@ from conftest import tiny_experiment
 from sqvae_speech.checkpoint import load_model, save_checkpoint
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.export import (
+from sqvae_speech.models import SpeechSQVAE
+from sqvae_speech.zerospeech.export import (
     ExportError,
     export_features,
     latent_time_convention,
     load_feature_file,
     read_export_meta,
 )
-from sqvae_speech.models import SpeechSQVAE
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import soundfile as sf
 
 from sqvae_speech import cli
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.datadir import write_datadir
+from sqvae_speech.data.datadir import write_datadir
+from sqvae_speech.data.extract import extract
+from sqvae_speech.data.featstore import FeatureStore
+from sqvae_speech.data.features import logmel
 from sqvae_speech.errors import FeatureStoreError
-from sqvae_speech.extract import extract
-from sqvae_speech.featstore import FeatureStore
-from sqvae_speech.features import logmel
 
 CFG = FeatureConfig()
 BAD = {"csm-bad-empty", "csm-bad-text", "nlv-bad-silent"}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sqvae_speech.config import FeatureConfig
+from sqvae_speech.data.featstore import FeatureStore, write_featstore
 from sqvae_speech.errors import FeatureStoreError
-from sqvae_speech.featstore import FeatureStore, write_featstore
 
 CFG = FeatureConfig(n_mels=8)
 

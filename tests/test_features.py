@@ -13,16 +13,16 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-from sqvae_speech.audio import load_audio
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.errors import AudioError
-from sqvae_speech.features import (
+from sqvae_speech.data.audio import load_audio
+from sqvae_speech.data.features import (
     logmel,
     logmel_batch,
     logmel_many,
     mel_filterbank,
     num_frames,
 )
+from sqvae_speech.errors import AudioError
 
 TOL_DB = 0.01
 

@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sqvae_speech.abx import abx_from_tokens, extract_tokens, open_features, read_items
-from sqvae_speech.audio import load_audio
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.datadir import read_datadir
-from sqvae_speech.featstore import write_featstore
-from sqvae_speech.features import logmel
-from sqvae_speech.flite import (
+from sqvae_speech.data.audio import load_audio
+from sqvae_speech.data.datadir import read_datadir
+from sqvae_speech.data.featstore import write_featstore
+from sqvae_speech.data.features import logmel
+from sqvae_speech.zerospeech.abx import (
+    abx_from_tokens,
+    extract_tokens,
+    open_features,
+    read_items,
+)
+from sqvae_speech.zerospeech.flite import (
     FliteError,
     Phone,
     find_flite,

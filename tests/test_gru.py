@@ -1,11 +1,13 @@
-"""sqvae_speech.nets.gru: the hand-written GRU layer equals torch's GRU, values and gradients."""
+"""sqvae_speech.nets.cpu.gru: the hand-written GRU layer equals torch's GRU, values and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sqvae_speech.nets.gru import gru_layer
+from sqvae_speech.nets.cpu import use_cpu_kernels
+from sqvae_speech.nets.cpu.bigru import bigru_time_major, hand_written_applies
+from sqvae_speech.nets.cpu.gru import gru_layer
 from sqvae_speech.nets.speech import SpeechDecoder
 
 
@@ -49,10 +51,11 @@ def test_decoder_fast_path_equals_stock_gru_on_crops_and_padded_batches() -> Non
     for lengths in (torch.tensor([9, 9, 9]), torch.tensor([9, 2, 5])):
         z = torch.randn(3, 6, 9, requires_grad=True)
         spk = torch.tensor([0, 2, 1])
-        got, _ = dec(z, lengths, spk)
-        assert dec._cpu_fast_path(z)  # what is compared here is the fast path
+        with use_cpu_kernels(True):
+            got, _ = dec(z, lengths, spk)
+        assert hand_written_applies(dec.rnn, z)  # what is compared here is the fast path
         with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: torch.gru by autograd
-            assert not dec._cpu_fast_path(z)
+            assert not hand_written_applies(dec.rnn, z)
         x = torch.repeat_interleave(z, 2, dim=2).transpose(1, 2)
         x = torch.cat([x, dec.speaker_embedding(spk).unsqueeze(1).expand(-1, 18, -1)], dim=-1)
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, 2 * lengths, batch_first=True, enforce_sorted=False)
@@ -74,7 +77,7 @@ def test_time_major_bigru_with_torch_gru_layers_equals_packed_gru() -> None:
     dec = SpeechDecoder(in_channels=6, n_speakers=3, speaker_embedding_dim=4, hidden_size=7, n_mels=5).train()
     lengths = torch.tensor([12, 3, 8])
     x = torch.randn(3, 12, 10, requires_grad=True)
-    got = dec._bigru_time_major(x.transpose(0, 1), lengths, hand_written=False).transpose(0, 1)
+    got = bigru_time_major(dec.rnn, x.transpose(0, 1), lengths, hand_written=False).transpose(0, 1)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     ref, _ = torch.nn.utils.rnn.pad_packed_sequence(dec.rnn(packed)[0], batch_first=True, total_length=12)
     mask = (torch.arange(12)[None, :] < lengths[:, None]).unsqueeze(-1)

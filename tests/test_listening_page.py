@@ -14,10 +14,10 @@ import pytest
 import soundfile
 from conftest import tiny_experiment
 
-from sqvae_speech.audio import load_audio
-from sqvae_speech.convert import ConversionItem, run_conversion
+from sqvae_speech.data.audio import load_audio
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.listening import PageItem, render_page, write_page
+from sqvae_speech.synthesis.convert import ConversionItem, run_conversion
+from sqvae_speech.synthesis.listening import PageItem, render_page, write_page
 from sqvae_speech.train import train
 
 SR = 16000

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sqvae_speech.config import EncoderConfig, ModelConfig, QuantizerConfig
-from sqvae_speech.data import UtteranceDataset, collate
+from sqvae_speech.data.batching import UtteranceDataset, collate
 from sqvae_speech.models import SpeechSQVAE, encoder_out_channels
 
 VARIANTS = ["gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vqvae_ema"]

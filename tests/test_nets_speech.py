@@ -1,4 +1,8 @@
-"""Speech networks on zero-padded batches: each item must get what it gets alone."""
+"""Speech networks on zero-padded batches: each item must get what it gets alone.
+
+Every test runs twice: with the CPU kernels (sqvae_speech.nets.cpu) and with the stock
+path that a GPU runs (switch off), so the padding semantics hold for both.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from sqvae_speech.nets.cpu import use_cpu_kernels
 from sqvae_speech.nets.masking import MaskedBatchNorm1d, lengths_to_mask
 from sqvae_speech.nets.speech import (
     ENCODER_CONVS,
@@ -29,6 +34,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["cpu_kernels", "stock"])
+def _cpu_kernels(request: pytest.FixtureRequest):
+    with use_cpu_kernels(request.param):
+        yield request.param
 
 
 def _pad(items: list[torch.Tensor], fill: str = "zero", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

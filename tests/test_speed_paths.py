@@ -3,7 +3,9 @@
 Each fast path (Winograd and GEMM convolutions, batch norm without padding or with packed
 valid frames, the padded bidirectional GRU, the Gumbel sampler, the fused optimizer, the
 block-sparse mel projection) is checked against the straightforward computation it
-replaces, values and gradients.
+replaces, values and gradients. The CPU kernels of sqvae_speech.nets.cpu run with their
+switch on here whatever SQVAE_CPU_KERNELS says; tests/nets/test_cpu_switch.py compares
+whole networks with the switch on and off.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.features import _mel_project_np, mel_filterbank
+from sqvae_speech.data.features import _mel_project_np, mel_filterbank
 from sqvae_speech.models import build_optimizer
-from sqvae_speech.nets.conv import (
+from sqvae_speech.nets.cpu import use_cpu_kernels
+from sqvae_speech.nets.cpu.bigru import bigru_time_major
+from sqvae_speech.nets.cpu.conv import (
     _weight_grad_im2col,
     _weight_grad_phases,
     conv1d_k3_winograd,
@@ -34,7 +38,8 @@ from sqvae_speech.quantizers import gumbel_softmax_sample
 def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with use_cpu_kernels(True):
+        yield
     torch.set_num_threads(threads)
 
 
@@ -66,7 +71,7 @@ def test_gemm_weight_gradient_equals_conv_backward(method, k: int, s: int, p: in
 
 def test_weight_gradient_of_large_batches_takes_the_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the size limit of the unfolded input the per-tap products are used (same values)."""
-    from sqvae_speech.nets import conv
+    from sqvae_speech.nets.cpu import conv
 
     calls = []
     monkeypatch.setattr(conv, "_weight_grad_phases", lambda *a: calls.append(a) or _weight_grad_phases(*a))
@@ -235,7 +240,7 @@ def test_time_major_bigru_equals_packed_gru() -> None:
     lengths = torch.tensor([13, 4, 9, 1])
     x = torch.randn(4, 26, 16, requires_grad=True)
     out_len = 2 * lengths
-    got = dec._bigru_time_major(x.transpose(0, 1), out_len).transpose(0, 1)
+    got = bigru_time_major(dec.rnn, x.transpose(0, 1), out_len).transpose(0, 1)
     packed = pack_padded_sequence(x, out_len, batch_first=True, enforce_sorted=False)
     ref, _ = pad_packed_sequence(dec.rnn(packed)[0], batch_first=True, total_length=26)
     mask = lengths_to_mask(out_len, 26).unsqueeze(-1)

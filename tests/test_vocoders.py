@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from sqvae_speech.audio import load_audio, preemphasis
 from sqvae_speech.cli import main as cli_main
-from sqvae_speech.commands.vocoder_check import mse_db2, round_trip
+from sqvae_speech.cli.vocoder_check import mse_db2, round_trip
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.datadir import write_datadir
+from sqvae_speech.data.audio import load_audio, preemphasis
+from sqvae_speech.data.datadir import write_datadir
+from sqvae_speech.data.features import logmel
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.f0 import (
+from sqvae_speech.synthesis.f0 import (
     OUTLIER_OCTAVES,
     compute_f0_stats,
     convert_f0,
@@ -24,8 +25,7 @@ from sqvae_speech.f0 import (
     stats_of,
     utterance_stats,
 )
-from sqvae_speech.features import logmel
-from sqvae_speech.vocoders import (
+from sqvae_speech.synthesis.vocoders import (
     WorldAnalysis,
     align_frames,
     deemphasis,
@@ -54,7 +54,7 @@ def test_deemphasis_inverts_preemphasis() -> None:
 
 
 def test_mel_inversion_reproduces_the_mel(clips: dict[str, np.ndarray]) -> None:
-    from sqvae_speech.features import mel_filterbank
+    from sqvae_speech.data.features import mel_filterbank
 
     # the inversion undoes exactly the filterbank the features apply
     np.testing.assert_array_equal(mel_basis(CFG), mel_filterbank(CFG))

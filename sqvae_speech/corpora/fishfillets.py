@@ -242,7 +242,7 @@ def prepare(
     ``speakers``: speaker ids to admit; ``include_minor`` adds :func:`minor_speakers`.
     ``max_utts_per_speaker`` caps training utterances per speaker (0: all).
     """
-    from ..datadir import write_datadir
+    from ..data.datadir import write_datadir
 
     if test_per_speaker < 1:
         raise CorpusError(f"--test-per-speaker must be >= 1 (a data dir cannot be empty), got {test_per_speaker}")

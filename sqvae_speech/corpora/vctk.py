@@ -266,7 +266,7 @@ def prepare(
 ) -> PrepareSummary:
     """Write ``out_dir/train``, ``out_dir/test`` (and ``out_dir/heldout`` when
     ``heldout_speakers`` are given) plus ``out_dir/prepare.json``; return the summary."""
-    from ..datadir import write_datadir
+    from ..data.datadir import write_datadir
 
     if test_per_speaker < 1:
         raise CorpusError(f"--test-per-speaker must be >= 1 (the test dir cannot be empty), got {test_per_speaker}")

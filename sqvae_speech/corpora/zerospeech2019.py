@@ -201,7 +201,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, eval_list: str | Path |
             max_utts_per_speaker: int = 0, nj: int = 1, progress: bool = False) -> PrepareSummary:
     """Write ``out_dir/{train,eval,test}``, ``out_dir/eval_list.txt`` and
     ``out_dir/prepare.json`` (see the module docstring); return the summary."""
-    from ..datadir import write_datadir
+    from ..data.datadir import write_datadir
 
     if max_utts_per_speaker < 0:
         raise CorpusError(f"--max-utts-per-speaker must be >= 0 (0 means all), got {max_utts_per_speaker}")

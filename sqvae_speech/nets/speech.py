@@ -1,14 +1,19 @@
 """Speech encoder, latent jitter and speaker-conditioned decoder (ZeroSpeech 2019
-configuration, PROTOCOL.md "Speech model"), exact on zero-padded batches.
+configuration, docs/PROTOCOL.md "Speech model and training"), exact on zero-padded batches.
 
 Every network here takes a padded batch together with its lengths and gives each item
 what it would get alone: the encoder zeroes the padding before every convolution and
 takes batch-norm statistics over valid frames only; the decoder's bidirectional GRU never
-reads padding (packed on CUDA; on CPU each direction unpacked, the backward one on every
-item reversed within its length). Outputs past each item's length are zero. Batches
-without padding (crops) skip all of that, and on CPU the encoder's convolutions take the
-faster paths of :func:`encoder_conv`; every fast path equals the plain computation to
-float rounding (tests/test_speed_paths.py).
+reads padding (it runs over a packed sequence). Outputs past each item's length are zero.
+Batches without padding (crops) skip all of that.
+
+What is written here is the stock computation, the one a GPU runs. Each layer with a CPU
+kernel has one dispatch point that asks :func:`sqvae_speech.nets.cpu.applies_to` (switch
+``SQVAE_CPU_KERNELS`` on and tensors on CPU): the encoder's convolutions
+(:func:`~sqvae_speech.nets.cpu.conv.encoder_conv`), its batch norms (in
+:class:`~sqvae_speech.nets.masking.MaskedBatchNorm1d`) and the decoder's GRU
+(:func:`~sqvae_speech.nets.cpu.bigru.decode_time_major`). Every kernel equals the stock
+computation to float rounding (tests/test_speed_paths.py, tests/nets/test_cpu_switch.py).
 
 Lengths. The encoder maps T mel frames to T' = (T - 2) // 2 latent frames (the first conv
 has no padding and eats 2 frames, the stride-2 conv halves what is left, rounding down);
@@ -25,11 +30,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .conv import encoder_conv
-from .gru import gru_layer
+from . import cpu
+from .cpu.bigru import decode_time_major
+from .cpu.conv import encoder_conv
 from .masking import MaskedBatchNorm1d, conv1d_out_lengths, lengths_to_mask
 
 # (kernel_size, stride, padding) of the five encoder convolutions: the single source of
@@ -101,7 +106,7 @@ class SpeechEncoder(nn.Module):
             # them), so only the mel and eval-mode activations need the mask.
             if not full and not zero_padding:
                 x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
-            x = encoder_conv(conv, x)
+            x = encoder_conv(conv, x) if cpu.applies_to(x) else conv(x)
             lengths = conv1d_out_lengths(lengths, k, s, p)
             # The conv output is ours: batch norm may overwrite its padding.
             x = norm(x, None if full else lengths, relu=True, overwrite_padding=True)
@@ -177,100 +182,30 @@ class SpeechDecoder(nn.Module):
             raise ValueError(f"SpeechDecoder: speakers must have shape [{batch}], got {list(speakers.shape)}")
         out_lengths = 2 * lengths.to(device=z_q.device, dtype=torch.long)
         spk = self.speaker_embedding(speakers.to(z_q.device))  # [B, E]
-        if z_q.device.type == "cpu":
-            # Time-major throughout: each GRU step then reads and writes contiguous rows.
-            x = torch.repeat_interleave(z_q.permute(2, 0, 1), 2, dim=0)  # [2T', B, C]
-            x = torch.cat([x, spk.unsqueeze(0).expand(2 * steps, -1, -1).to(x.dtype)], dim=-1)
-            h = self._bigru_time_major(x, None if full else out_lengths, self._cpu_fast_path(z_q))  # [2T', B, 2H]
-            mel = self.proj(h).permute(1, 2, 0)  # [B, n_mels, 2T']
+        if cpu.applies_to(z_q):  # the one dispatch point: time-major, without packing
+            mel = decode_time_major(self.rnn, self.proj, z_q, spk, None if full else out_lengths)
         else:
-            x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
-            x = torch.cat([x, spk.unsqueeze(1).expand(-1, 2 * steps, -1).to(x.dtype)], dim=-1)
-            if full:
-                # No padding: the plain GRU computes what the packed one would, without the
-                # packing, the per-step batch bookkeeping and the unpacking.
-                h, _ = self.rnn(x)
-            else:
-                # Packing keeps the backward direction from starting in the padding (cuDNN
-                # runs packed sequences natively).
-                packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
-                h, _ = self.rnn(packed)
-                h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
-            mel = self.proj(h).transpose(1, 2)  # [B, n_mels, 2T']
+            mel = self._decode(z_q, spk, None if full else out_lengths)
         if full:
             return mel, out_lengths
         mask = lengths_to_mask(out_lengths, 2 * steps).unsqueeze(1)
         return mel * mask.to(mel.dtype), out_lengths
 
-    def _cpu_fast_path(self, z_q: Tensor) -> bool:
-        """On CPU, float32 without autocast: the GRU layers with the hand-written backward
-        (:mod:`.gru`); otherwise (CPU autocast) ``torch.gru`` differentiated by autograd."""
-        return (z_q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and self.rnn.weight_hh_l0.dtype == torch.float32)
-
-    def _bigru_time_major(self, x: Tensor, lengths: Tensor | None, hand_written: bool = True) -> Tensor:
-        """The bidirectional GRU on a time-major batch, one unidirectional layer at a time
-        (:func:`.gru.gru_layer` if ``hand_written``, else ``torch.gru``); equal to the
-        packed GRU at valid steps.
-
-        x [T, B, I], lengths [B] or None (no padding) -> [T, B, 2H]; values past each
-        length are unspecified. The forward direction reads the valid steps before any
-        padding; the backward one runs on each item reversed within its own length
-        (padding stays at the end), then is reversed back. So a valid output never sees
-        padding, in values or gradients. On CPU this is several times faster than the
-        packed GRU, whose per-step batch bookkeeping grows with batch and length
-        (bench/README.md: 26 items x 350 steps, forward + backward, 7.8 s packed vs 2.0 s).
-        """
-        rnn = self.rnn
-        steps = x.shape[0]
-        if lengths is None:
-            rev = None
+    def _decode(self, z_q: Tensor, spk: Tensor, out_lengths: Tensor | None) -> Tensor:
+        """The stock computation (every GPU; CPU with the switch off): z_q [B, C, T'],
+        spk [B, E], out_lengths [B] = 2 x latent lengths or None (no padding)
+        -> mel [B, n_mels, 2T'], unspecified past each length."""
+        steps = z_q.shape[-1]
+        x = torch.repeat_interleave(z_q, 2, dim=2).transpose(1, 2)  # [B, 2T', C]
+        x = torch.cat([x, spk.unsqueeze(1).expand(-1, 2 * steps, -1).to(x.dtype)], dim=-1)
+        if out_lengths is None:
+            # No padding: the plain GRU computes what the packed one would, without the
+            # packing, the per-step batch bookkeeping and the unpacking.
+            h, _ = self.rnn(x)
         else:
-            t = torch.arange(steps, device=x.device).unsqueeze(1)  # [T, 1]
-            n = lengths.unsqueeze(0)  # [1, B]
-            rev = torch.where(t < n, n - 1 - t, t)  # an involution: reverses each valid part
-            batch = x.shape[1]
-            rev = (rev * batch + torch.arange(batch, device=x.device)).reshape(-1)  # as rows of [T B, C]
-
-        def one_layer(inp: Tensor, params: list[Tensor]) -> Tensor:
-            if hand_written:
-                return gru_layer(inp, *params)
-            h0 = inp.new_zeros(1, inp.shape[1], rnn.hidden_size)
-            return torch.gru(inp, h0, params, True, 1, 0.0, self.training, False, False)[0]
-
-        out = x
-        for layer in range(rnn.num_layers):
-            dirs = []
-            for suffix in ("", "_reverse"):
-                params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                if not suffix:
-                    dirs.append(one_layer(out, params))
-                elif rev is None:
-                    dirs.append(one_layer(out.flip(0), params).flip(0))
-                else:
-                    dirs.append(_PermuteTime.apply(one_layer(_PermuteTime.apply(out, rev), params), rev))
-            out = torch.cat(dirs, dim=-1)
-        return out
-
-
-class _PermuteTime(torch.autograd.Function):
-    """x [T, B, C] -> its rows permuted: ``rows`` [T B] indexes x.view(T B, C); the
-    permutation must be an involution (each item's valid steps reversed, padding fixed).
-
-    The gradient of a permutation is its inverse, here the same row selection. Selecting
-    whole rows (``index_select``) ran 3-5x faster than ``torch.gather`` with an index
-    expanded over channels, and autograd's backward of a gather would zero a full-size
-    tensor and scatter-add into it.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(rows)
-        return x.reshape(-1, x.shape[-1]).index_select(0, rows).view_as(x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (rows,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad.reshape(-1, grad.shape[-1]).index_select(0, rows).view_as(grad), None
-
+            # Packing keeps the backward direction from starting in the padding (cuDNN
+            # runs packed sequences natively).
+            packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+            h, _ = self.rnn(packed)
+            h, _ = pad_packed_sequence(h, batch_first=True, total_length=2 * steps)
+        return self.proj(h).transpose(1, 2)  # [B, n_mels, 2T']

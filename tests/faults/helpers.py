@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 
 from sqvae_speech.config import ExperimentConfig, dump_yaml
-from sqvae_speech.datadir import write_datadir
+from sqvae_speech.data.datadir import write_datadir
 
 DRIVER = Path(__file__).resolve().parent / "fault_driver.py"
 

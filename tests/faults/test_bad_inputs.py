@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 from conftest import tiny_experiment
 
-from sqvae_speech.audio import load_audio
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.featstore import FeatureStore
-from sqvae_speech.features import logmel
+from sqvae_speech.data.audio import load_audio
+from sqvae_speech.data.featstore import FeatureStore
+from sqvae_speech.data.features import logmel
 from sqvae_speech.train import resolve_config
 
 from .helpers import write_train_config

@@ -15,7 +15,7 @@ from conftest import tiny_experiment
 from sqvae_speech.checkpoint import list_checkpoints
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.featstore import write_featstore
+from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.train import train
 
 from .helpers import write_train_config

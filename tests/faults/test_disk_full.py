@@ -17,9 +17,9 @@ from conftest import tiny_experiment
 from sqvae_speech import fileio
 from sqvae_speech.checkpoint import list_checkpoints, load_checkpoint
 from sqvae_speech.cli import main as cli_main
+from sqvae_speech.data.extract import extract
+from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import DiskFullError, FeatureStoreError
-from sqvae_speech.extract import extract
-from sqvae_speech.featstore import FeatureStore
 from sqvae_speech.fileio import atomic_torch_save
 
 from .faultlib import faulty_open
@@ -58,7 +58,7 @@ def test_disk_full_while_writing_a_checkpoint(real_featstore, tmp_path, monkeypa
 def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeypatch, capsys):
     data = clip_data_dir(tmp_path / "data", speech_files, per_voice=3)
     feats = tmp_path / "feats"
-    monkeypatch.setattr("sqvae_speech.extract.SHARD_SIZE", 3)
+    monkeypatch.setattr("sqvae_speech.data.extract.SHARD_SIZE", 3)
     _disk_full(monkeypatch, "extract", "shard-", nth=3, after=20_000)
     assert cli_main(["extract", str(data), str(feats), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -69,7 +69,7 @@ def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeyp
     with pytest.raises(FeatureStoreError, match="incomplete"):
         FeatureStore.open(feats)
 
-    monkeypatch.setattr("sqvae_speech.extract.open", open)  # space was freed
+    monkeypatch.setattr("sqvae_speech.data.extract.open", open)  # space was freed
     s = extract(data, feats, shard_size=3, progress=False)
     assert s.complete and s.shards_computed == [2, 3] and len(s.failed) == 0 and s.num_utterances == 12
 

@@ -22,10 +22,10 @@ import pytest
 from conftest import tiny_experiment
 
 from sqvae_speech.checkpoint import list_checkpoints, load_checkpoint
+from sqvae_speech.data.extract import extract
+from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import FeatureStoreError
-from sqvae_speech.export import export_features, read_export_meta
-from sqvae_speech.extract import extract
-from sqvae_speech.featstore import FeatureStore
+from sqvae_speech.zerospeech.export import export_features, read_export_meta
 
 from .faultlib import spec
 from .helpers import (
@@ -164,10 +164,10 @@ def test_extraction_killed_mid_shard_redoes_only_missing_shards(clips_and_refere
     feats = tmp_path / "feats"
     rng = random.Random(7)
     args = ("extract", data, feats, "--no-progress")
-    small_shards = "sqvae_speech.extract:SHARD_SIZE=3"
+    small_shards = "sqvae_speech.data.extract:SHARD_SIZE=3"
     for _ in range(2):  # killed twice, each time part-way through a random shard file
         kept = _shards(feats) if (feats / ".parts").is_dir() else {}
-        fault = spec("sqvae_speech.extract", "shard-", rng.randint(1, 2), rng.randint(1, 60_000), "kill")
+        fault = spec("sqvae_speech.data.extract", "shard-", rng.randint(1, 2), rng.randint(1, 60_000), "kill")
         res = run_driver(*args, faults=fault, test_set=small_shards)
         assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
         with pytest.raises(FeatureStoreError, match="incomplete"):
@@ -187,8 +187,8 @@ def test_extraction_killed_mid_shard_redoes_only_missing_shards(clips_and_refere
 def test_extraction_killed_while_packing_only_packs_on_rerun(clips_and_reference, tmp_path):
     data, ref = clips_and_reference
     feats = tmp_path / "feats"
-    fault = spec("sqvae_speech.featstore", "feats.npy", 1, random.Random(11).randint(1, 400_000), "kill")
-    res = run_driver("extract", data, feats, "--no-progress", faults=fault, test_set="sqvae_speech.extract:SHARD_SIZE=3")
+    fault = spec("sqvae_speech.data.featstore", "feats.npy", 1, random.Random(11).randint(1, 400_000), "kill")
+    res = run_driver("extract", data, feats, "--no-progress", faults=fault, test_set="sqvae_speech.data.extract:SHARD_SIZE=3")
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert not (feats / "index.json").exists() and len(_shards(feats)) == 5
     assert [p for p in feats.iterdir() if p.name.startswith(".tmp-feats.npy")]  # the partial store
@@ -213,7 +213,7 @@ def test_export_killed_mid_file_redoes_only_missing_files(untrained_exp, real_fe
     total = len(real_featstore)
     for _ in range(2):
         before = {p: p.stat().st_mtime_ns for p in _exported(out)}
-        fault = spec("sqvae_speech.export", ".txt", rng.randint(2, 15), rng.randint(1, 400), "kill")
+        fault = spec("sqvae_speech.zerospeech.export", ".txt", rng.randint(2, 15), rng.randint(1, 400), "kill")
         res = run_driver(*args, faults=fault)
         assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
         assert read_export_meta(out)["complete"] is False

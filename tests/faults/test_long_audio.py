@@ -14,14 +14,14 @@ import pytest
 import soundfile as sf
 from conftest import REPO
 
-from sqvae_speech import longaudio
-from sqvae_speech.audio import load_audio, stream_audio
 from sqvae_speech.config import FeatureConfig
-from sqvae_speech.datadir import write_datadir
-from sqvae_speech.extract import extract
-from sqvae_speech.featstore import FeatureStore
-from sqvae_speech.features import logmel
-from sqvae_speech.longaudio import logmel_long
+from sqvae_speech.data import longaudio
+from sqvae_speech.data.audio import load_audio, stream_audio
+from sqvae_speech.data.datadir import write_datadir
+from sqvae_speech.data.extract import extract
+from sqvae_speech.data.featstore import FeatureStore
+from sqvae_speech.data.features import logmel
+from sqvae_speech.data.longaudio import logmel_long
 
 CFG = FeatureConfig()
 
@@ -98,10 +98,10 @@ def kb(key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
 
-from sqvae_speech.data import CropDataset
-from sqvae_speech.extract import extract
-from sqvae_speech.featstore import FeatureStore
-from sqvae_speech.features import logmel
+from sqvae_speech.data.batching import CropDataset
+from sqvae_speech.data.extract import extract
+from sqvae_speech.data.featstore import FeatureStore
+from sqvae_speech.data.features import logmel
 logmel(np.random.default_rng(0).standard_normal(40000).astype(np.float32), 16000)  # load librosa's filters etc.
 before = kb("VmRSS")
 summary = extract(sys.argv[1], sys.argv[2], progress=False)

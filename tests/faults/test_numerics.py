@@ -13,8 +13,8 @@ from conftest import tiny_experiment
 
 from sqvae_speech.checkpoint import list_checkpoints, load_checkpoint
 from sqvae_speech.cli import main as cli_main
+from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.errors import NonFiniteError
-from sqvae_speech.featstore import write_featstore
 from sqvae_speech.models import SpeechSQVAE
 from sqvae_speech.train import train
 

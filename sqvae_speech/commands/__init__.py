@@ -1,1 +1,0 @@
-"""Small CLI commands that glue library functions together."""

@@ -1,0 +1,499 @@
+"""``sqvae-speech extract DATA_DIR FEAT_DIR``: log-mel features of a data dir into a
+packed feature store (:mod:`sqvae_speech.data.featstore`).
+
+Resumable by design. The sorted utterances are cut into fixed shards of
+:data:`SHARD_SIZE` (independent of ``--nj``, so a rerun with another ``--nj`` reuses
+them). Worker processes compute whole shards and write each atomically to
+``FEAT_DIR/.parts/shard-XXXXX.npz``; when every shard exists they are packed into
+``feats.npy`` + ``index.json`` (index last), ``failed.txt`` is written and ``.parts``
+removed. A killed run leaves complete shards and at most stray ``.tmp-*`` files; the rerun
+computes only the missing shards. ``.parts/plan.json`` records the settings and the data
+the shards belong to, so shards of other settings are never mixed in.
+
+Bad input (unreadable, truncated, empty or silent audio, non-finite features) never stops
+the run: the utterance goes to ``failed.txt`` as ``utt-id<TAB>reason`` and the command
+exits 1 unless ``--skip-bad``. One FEAT_DIR must not be written by two runs at once.
+A full disk stops the run with :class:`~sqvae_speech.errors.DiskFullError` (exit 2); the
+shards written so far are kept, so the rerun after freeing space only does the rest.
+
+Recordings longer than a minute are read and computed block by block
+(:mod:`sqvae_speech.data.longaudio`), and shards are written and packed a block at a time, so
+memory stays bounded whatever the length of a recording (a 3-hour file included).
+
+Workers start with multiprocessing's forkserver (spawn where there is none), so a script
+calling :func:`extract` with ``nj > 1`` needs the usual ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import FeatureConfig
+from ..errors import AudioError, ConfigError, DiskFullError, FeatureStoreError
+from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from .datadir import read_datadir, utterance_audio
+from .featstore import INDEX, FeatureStore, config_diff, write_featstore
+
+# Utterances per shard: small enough that a killed run loses little and the last shards
+# balance across workers, large enough that the per-shard file costs nothing.
+SHARD_SIZE = 100
+# Utterances per logmel_batch call on CPU; 0 = the numpy logmel, one utterance at a time.
+# Features only, one thread, embedded corpus: numpy float32 logmel ~2.8x the torch
+# batched path at batch 1 (which beat batches 4 and 8: padding and masking cost more than
+# batching saves) and ~3.6x librosa (bench/README.md). Reading and resampling the Ogg
+# files then costs about as much as the features.
+CPU_BATCH_SIZE = 0
+CUDA_BATCH_SIZE = 32
+# Frames per block when packing shards into the store (10 MB at 80 mels).
+PACK_BLOCK_ROWS = 32768
+PARTS = ".parts"
+FAILED = "failed.txt"
+
+Item = tuple[str, str, float | None, float | None]  # (utt, path, start_s, end_s)
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    """What one :func:`extract` call did."""
+
+    feat_dir: Path
+    num_utterances: int  # in the store (when complete), else in the data dir
+    failed: dict[str, str]  # utt -> reason, over all shards done so far
+    audio_seconds: float  # audio of the extracted utterances, all shards done so far
+    computed_seconds: float  # audio of the utterances this call computed
+    wall_seconds: float
+    cpu_seconds: float  # CPU time of this call's shard computations, all workers
+    num_shards: int
+    shards_computed: list[int]  # shard numbers this call computed
+    complete: bool  # the store exists and is complete
+    already_extracted: bool = False
+
+    @property
+    def num_failed(self) -> int:
+        return len(self.failed)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds computed per wall-clock second of this call."""
+        return self.computed_seconds / max(self.wall_seconds, 1e-9)
+
+
+def extract(
+    data_dir: str | Path,
+    feat_dir: str | Path,
+    config: FeatureConfig | None = None,
+    nj: int = 1,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    shard_size: int | None = None,
+    max_shards: int | None = None,
+) -> ExtractSummary:
+    """Extract log-mel features of every utterance of ``data_dir`` into ``feat_dir``.
+
+    Args:
+        nj: worker processes (each computes one shard at a time).
+        device: 'cpu' or 'cuda' for the batched torch path.
+        batch_size: utterances per :func:`~sqvae_speech.data.features.logmel_batch` call
+            (default :data:`CPU_BATCH_SIZE` / :data:`CUDA_BATCH_SIZE`); 0 uses the numpy
+            reference :func:`~sqvae_speech.data.features.logmel` per utterance.
+        overwrite: rebuild an existing complete store.
+        shard_size: utterances per shard (default :data:`SHARD_SIZE`); part of the resume plan.
+        max_shards: compute at most this many missing shards, then stop without packing
+            (a stand-in for a killed run in tests; ``complete`` is then False).
+
+    Returns:
+        An :class:`ExtractSummary`; ``failed`` lists the utterances left out and why.
+    """
+    t0 = time.perf_counter()
+    config = config or FeatureConfig()
+    feat_dir = Path(feat_dir)
+    shard_size = SHARD_SIZE if shard_size is None else shard_size
+    if nj < 1 or shard_size < 1:
+        raise ConfigError(f"--nj and the shard size must be >= 1, got {nj} and {shard_size}")
+    batch_size = _check_device(device, batch_size)
+
+    dd = read_datadir(data_dir, check_files=False)  # a missing file fails its utterance only
+    items: list[Item] = [(u, *utterance_audio(dd, u)) for u in dd.utterances]
+    fingerprint = _fingerprint(items, dd.utt2spk)
+    if (feat_dir / INDEX).is_file() and not overwrite:
+        return _existing(feat_dir, config, fingerprint, t0)
+    if overwrite:
+        (feat_dir / INDEX).unlink(missing_ok=True)
+        (feat_dir / FAILED).unlink(missing_ok=True)
+
+    parts = feat_dir / PARTS
+    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    _prepare_parts(parts, config, fingerprint, shard_size, len(shards), fresh=overwrite)
+    missing = [k for k in range(len(shards)) if not _shard_path(parts, k).is_file()]
+    done_utts = len(items) - sum(len(shards[k]) for k in missing)
+    todo = missing if max_shards is None else missing[:max_shards]
+    try:
+        computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items), done_utts)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again",
+                            e.errno or errno.ENOSPC) from e
+
+    stats: dict[str, Any] = {
+        "feat_dir": feat_dir, "computed_seconds": sum(r["seconds"] for r in computed),
+        "cpu_seconds": sum(r["cpu_seconds"] for r in computed), "num_shards": len(shards),
+        "shards_computed": sorted(r["shard"] for r in computed),
+    }
+    if len(todo) < len(missing):
+        failed, seconds, _ = _shard_totals(parts, len(shards))
+        return ExtractSummary(num_utterances=len(items), failed=failed, audio_seconds=seconds,
+                              wall_seconds=time.perf_counter() - t0, complete=False, **stats)
+    try:
+        store, failed, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint, data_dir)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them",
+                            e.errno or errno.ENOSPC) from e
+    return ExtractSummary(num_utterances=len(store), failed=failed, audio_seconds=seconds,
+                          wall_seconds=time.perf_counter() - t0, complete=True, **stats)
+
+
+def _check_device(device: str, batch_size: int | None) -> int:
+    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+        raise ConfigError(f"--device must be cpu or cuda, got '{device}'")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu")
+    if batch_size is None:
+        return CPU_BATCH_SIZE if device == "cpu" else CUDA_BATCH_SIZE
+    if batch_size < 0:
+        raise ConfigError(f"--batch-size must be >= 0, got {batch_size}")
+    return batch_size
+
+
+def _fingerprint(items: list[Item], utt2spk: dict[str, str]) -> str:
+    """Identity of the input (ids, paths, segment times, speakers), not of file contents."""
+    rows = [[u, p, s, e, utt2spk[u]] for u, p, s, e in items]
+    return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+
+
+def _existing(feat_dir: Path, config: FeatureConfig, fingerprint: str, t0: float) -> ExtractSummary:
+    """A complete store is kept when it matches the request; otherwise say how to rebuild."""
+    store = FeatureStore.open(feat_dir)
+    rebuild = "pass --overwrite to rebuild it or choose another FEAT_DIR"
+    if store.config != config:
+        raise FeatureStoreError(
+            f"{feat_dir} already holds features extracted with other settings "
+            f"({config_diff(store.config, config)}); {rebuild}"
+        )
+    info = store.index.get("extraction", {})
+    if info.get("fingerprint") != fingerprint:
+        raise FeatureStoreError(
+            f"{feat_dir} already holds features of other utterances "
+            f"(from data dir {info.get('data_dir', 'unknown')}); {rebuild}"
+        )
+    shutil.rmtree(feat_dir / PARTS, ignore_errors=True)  # a run killed right after packing
+    return ExtractSummary(
+        feat_dir, len(store), dict(info.get("failed", {})), float(info.get("audio_seconds", 0.0)), 0.0,
+        time.perf_counter() - t0, 0.0, 0, [], complete=True, already_extracted=True,
+    )
+
+
+def _prepare_parts(parts: Path, config: FeatureConfig, fingerprint: str, shard_size: int, n: int, fresh: bool) -> None:
+    plan = {"feature_config": config.to_dict(), "fingerprint": fingerprint, "shard_size": shard_size, "num_shards": n}
+    plan_file = parts / "plan.json"
+    if parts.is_dir():
+        try:
+            old = json.loads(plan_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if fresh or old != plan:
+            shutil.rmtree(parts)  # shards of other settings or data must never be packed
+    parts.mkdir(parents=True, exist_ok=True)
+    for stray in [*parts.glob(".tmp-*"), *parts.parent.glob(".tmp-*")]:
+        stray.unlink(missing_ok=True)  # a killed writer's leftovers, never complete files
+    if not plan_file.is_file():
+        atomic_write_json(plan_file, plan)
+
+
+def _shard_path(parts: Path, k: int) -> Path:
+    return parts / f"shard-{k:05d}.npz"
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def _init_worker(use_torch: bool) -> None:
+    if use_torch:
+        import torch
+
+        # nj processes share the cores; intra-op threads on top would oversubscribe them.
+        torch.set_num_threads(1)
+
+
+def _compute_shard(
+    shard: int, out: str, items: list[Item], config: dict[str, Any], batch_size: int, device: str
+) -> dict[str, Any]:
+    """Features of one shard, written atomically to ``out`` (.npz) as feats
+    [sum T, n_mels] float32 (utterances back to back), lengths [U], utts [U],
+    seconds [U], failed_utts [F], failed_reasons [F]. Returns small stats.
+
+    Recordings longer than :data:`~sqvae_speech.data.longaudio.STREAM_MIN_SECONDS` are read and
+    computed block by block (:mod:`sqvae_speech.data.longaudio`) into scratch files next to
+    ``out`` and copied into the shard in blocks: memory stays bounded however long they are.
+    """
+    from .audio import SILENCE_THRESHOLD, is_silent, load_audio
+    from .longaudio import STREAM_MIN_SECONDS, LongLogmel, logmel_long, signal_peak
+
+    cpu0 = time.process_time()
+    cfg = FeatureConfig.from_dict(config)
+    max_samples = int(STREAM_MIN_SECONDS * cfg.sample_rate)
+    failed: dict[str, str] = {}
+    utts, wavs = [], []
+    long: dict[str, LongLogmel] = {}
+    scratch: list[Path] = []
+    try:
+        for utt, path, start, end in items:
+            try:
+                wav = load_audio(path, cfg.sample_rate, start, end, max_samples=max_samples)
+                if wav is None:  # a long recording: streamed
+                    peak = signal_peak(path, cfg, start, end)
+                    if peak[0] < SILENCE_THRESHOLD:
+                        failed[utt] = f"{path}: silent audio (peak {peak[0]:.1e}), nothing to learn from"
+                        continue
+                    fd, tmp = tempfile.mkstemp(prefix=".tmp-long-", suffix=".f32", dir=Path(out).parent)
+                    os.close(fd)
+                    scratch.append(Path(tmp))
+                    long[utt] = logmel_long(path, tmp, cfg, start, end, peak=peak)
+                    continue
+            except AudioError as e:
+                failed[utt] = str(e)
+                continue
+            if is_silent(wav):
+                failed[utt] = f"{path}: silent audio (peak {float(np.abs(wav).max(initial=0.0)):.1e}), nothing to learn from"
+                continue
+            utts.append(utt)
+            wavs.append(wav)
+        computed = dict(zip(utts, zip(wavs, _features(utts, wavs, cfg, batch_size, device, failed))))
+        kept: list[tuple[str, np.ndarray | LongLogmel, float]] = []
+        for utt, _, _, _ in items:
+            if utt in long:
+                lm = long[utt]
+                if not np.isfinite(lm.db_max):
+                    failed[utt] = f"features of {lm.frames} frames hold NaN/inf"
+                    continue
+                kept.append((utt, lm, lm.samples / cfg.sample_rate))
+            elif utt in computed:
+                wav, feats = computed[utt]
+                if feats is None:
+                    continue
+                if feats.shape[0] != cfg.n_mels or feats.shape[1] == 0 or not np.isfinite(feats).all():
+                    failed[utt] = f"features of shape {tuple(feats.shape)} are empty or hold NaN/inf"
+                    continue
+                kept.append((utt, feats, len(wav) / cfg.sample_rate))
+        _write_shard(Path(out), kept, failed, cfg.n_mels)
+    finally:
+        for p in scratch:
+            p.unlink(missing_ok=True)
+    seconds = sum(s for _, _, s in kept)
+    return {"shard": shard, "seconds": seconds, "cpu_seconds": time.process_time() - cpu0}
+
+
+def _write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str, str], n_mels: int) -> None:
+    """Write a shard .npz (the layout of ``np.savez``) with ``feats`` streamed in blocks,
+    so a long recording's features never sit in memory whole."""
+    from .longaudio import LongLogmel
+
+    lengths = [f.frames if isinstance(f, LongLogmel) else f.shape[1] for _, f, _ in kept]
+    bad = sorted(failed)
+    arrays = {
+        "lengths": np.array(lengths, dtype=np.int64),
+        "utts": np.array([u for u, _, _ in kept], dtype=str),
+        "seconds": np.array([s for _, _, s in kept], dtype=np.float64),
+        "failed_utts": np.array(bad, dtype=str),
+        "failed_reasons": np.array([" ".join(failed[u].split()) for u in bad], dtype=str),
+    }
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+              "shape": (sum(lengths), n_mels)}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as f, \
+            zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("feats.npy", "w", force_zip64=True) as entry:
+            np.lib.format.write_array_header_1_0(entry, header)
+            for _, feats, _ in kept:
+                for block in feats.blocks() if isinstance(feats, LongLogmel) else [feats]:
+                    entry.write(np.ascontiguousarray(block.T, dtype="<f4").data)
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, arr, allow_pickle=False)
+
+
+def _shard_rows(shard: Path, n_mels: int, lengths: list[int]) -> Iterator[Iterator[np.ndarray]]:
+    """Per utterance of a shard, its features as consecutive ``[n_mels, t]`` blocks read
+    from the .npz in pieces of at most :data:`PACK_BLOCK_ROWS` frames. Each utterance's
+    blocks must be consumed before the next is asked for."""
+    def rows(entry: Any, length: int) -> Iterator[np.ndarray]:
+        left = length
+        while left:
+            k = min(left, PACK_BLOCK_ROWS)
+            data = entry.read(k * n_mels * 4)
+            if len(data) != k * n_mels * 4:
+                raise FeatureStoreError(f"shard {shard} is corrupt (its features end early); delete it and rerun")
+            yield np.frombuffer(data, dtype="<f4").reshape(k, n_mels).T
+            left -= k
+
+    with zipfile.ZipFile(shard) as zf, zf.open("feats.npy") as entry:
+        version = np.lib.format.read_magic(entry)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(entry)
+        if shape != (sum(lengths), n_mels) or fortran or dtype != np.dtype("<f4"):
+            raise FeatureStoreError(f"shard {shard} holds {dtype} {shape}, expected float32 ({sum(lengths)}, {n_mels}); "
+                                    "delete it and rerun")
+        for length in lengths:
+            yield rows(entry, length)
+
+
+def _features(
+    utts: list[str], wavs: list[np.ndarray], cfg: FeatureConfig, batch_size: int, device: str, failed: dict[str, str]
+) -> list[np.ndarray | None]:
+    """[n_mels, T] per wav, or None for one whose features raise (recorded in ``failed``)."""
+    from .features import logmel, logmel_many
+
+    def one(i: int) -> np.ndarray | None:
+        try:
+            if batch_size == 0:
+                return logmel(wavs[i], cfg.sample_rate, cfg)
+            return logmel_many([wavs[i]], cfg, device, batch_size=1)[0]
+        except (AudioError, ValueError) as e:
+            failed[utts[i]] = f"features failed: {e}"
+            return None
+
+    if batch_size > 1 and wavs:
+        try:
+            return list(logmel_many(wavs, cfg, device, batch_size=batch_size))
+        except (AudioError, ValueError):
+            pass  # one utterance spoils its batch: redo one by one to find it
+    return [one(i) for i in range(len(wavs))]
+
+
+def _run_shards(
+    parts: Path, shards: list[list[Item]], todo: list[int], config: FeatureConfig, nj: int,
+    device: str, batch_size: int, progress: bool, total: int, initial: int,
+) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    cfg = config.to_dict()
+    jobs = {k: (k, str(_shard_path(parts, k)), shards[k], cfg, batch_size, device) for k in todo}
+    results: list[dict[str, Any]] = []
+    with tqdm(total=total, initial=initial, unit="utt", desc="extract", disable=None if progress else True) as bar:
+        if min(nj, len(todo)) <= 1:
+            # One shard to do (or --nj 1): a worker process would cost more than it saves.
+            # One torch thread, as in workers: these small ops gain nothing from more, and
+            # spinning threads lose a lot on a busy machine.
+            torch = None
+            if batch_size > 0:
+                import torch
+            threads = torch.get_num_threads() if torch else 0
+            if torch:
+                torch.set_num_threads(1)
+            try:
+                for k in todo:
+                    results.append(_compute_shard(*jobs[k]))
+                    bar.update(len(shards[k]))
+            finally:
+                if torch:
+                    torch.set_num_threads(threads)
+            return results
+        use_torch = batch_size > 0  # the batched torch path (CUDA); 0 = numpy logmel, no torch
+        pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(use_torch),
+                                   initializer=_init_worker, initargs=(use_torch,))
+        try:
+            futures = {pool.submit(_compute_shard, *jobs[k]): k for k in todo}
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    results.append(fut.result())  # a worker's bug propagates with its traceback
+                    bar.update(len(shards[futures[fut]]))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _mp_context(use_torch: bool) -> multiprocessing.context.BaseContext:
+    # Workers fork from a clean server that imported the heavy modules once; forking this
+    # process instead could inherit torch/OpenMP state that deadlocks in a child. The
+    # numpy path imports neither torch nor librosa (features.mel_filterbank): their
+    # imports (~1.5 s and ~0.85 s) were ~20 % of extracting the embedded corpus, --nj 2.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["sqvae_speech.data.features", "sqvae_speech.data.audio", "sqvae_speech.data.longaudio"]
+                                   + (["torch"] if use_torch else []))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+# ------------------------------------------------------------------------------ packing
+
+
+def _shard_totals(parts: Path, n: int) -> tuple[dict[str, str], float, int]:
+    """Failures, audio seconds and frames over the shards that exist."""
+    failed: dict[str, str] = {}
+    seconds, frames = 0.0, 0
+    for k in range(n):
+        if _shard_path(parts, k).is_file():
+            with np.load(_shard_path(parts, k), allow_pickle=False) as z:
+                failed.update(zip(z["failed_utts"].tolist(), z["failed_reasons"].tolist()))
+                seconds += float(z["seconds"].sum())
+                frames += int(z["lengths"].sum())
+    return failed, seconds, frames
+
+
+def _pack(
+    parts: Path, feat_dir: Path, n: int, utt2spk: dict[str, str], config: FeatureConfig,
+    fingerprint: str, data_dir: str | Path,
+) -> tuple[FeatureStore, dict[str, str], float]:
+    failed, seconds, num_frames = _shard_totals(parts, n)
+    if failed:
+        atomic_write_text(feat_dir / FAILED, "".join(f"{u}\t{failed[u]}\n" for u in sorted(failed)))
+    else:
+        (feat_dir / FAILED).unlink(missing_ok=True)
+    if num_frames == 0:
+        first = next(iter(sorted(failed.items())), ("-", "the data dir lists no utterances"))
+        raise FeatureStoreError(
+            f"no utterance of {data_dir} could be extracted: all {len(failed)} failed, reasons in "
+            f"{feat_dir / FAILED} (first: {first[0]}: {first[1]}); fix the audio or the data dir"
+        )
+
+    def blocks() -> Iterator[tuple[str, str, Iterator[np.ndarray]]]:
+        # Shards are consecutive runs of the sorted utterances: packing them in order
+        # keeps the store sorted; features are copied a block at a time.
+        for k in range(n):
+            shard = _shard_path(parts, k)
+            with np.load(shard, allow_pickle=False) as z:
+                utts, lengths = z["utts"].tolist(), z["lengths"].tolist()
+            for utt, rows in zip(utts, _shard_rows(shard, config.n_mels, lengths)):
+                yield utt, utt2spk[utt], rows
+
+    extra = {"extraction": {
+        "data_dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint,
+        "audio_seconds": seconds, "failed": failed,
+    }}
+    store = write_featstore(feat_dir, blocks(), config, num_frames=num_frames, extra=extra)
+    shutil.rmtree(parts, ignore_errors=True)
+    return store, failed, seconds
+
+
+# ------------------------------------------------------------------------------ CLI
+

@@ -1,0 +1,382 @@
+"""``sqvae-speech convert``: resynthesis and voice conversion you can listen to.
+
+For every row ``source target_speaker output_name`` of a conversion list:
+
+1. the source's log-mel (from ``--feats``, else computed from its audio), odd T trimmed;
+2. ``model.encode`` (deterministic quantization) and ``model.decode`` with the target
+   speaker: ``T - 2`` frames for ``mel[:, 1:-1]``;
+3. a vocoder (:mod:`sqvae_speech.synthesis.vocoders`): Griffin-Lim from the mel alone, or WORLD
+   with the F0 and aperiodicity of the source audio, F0 mapped to the target speaker's
+   log-F0 statistics (``sqvae-speech f0-stats``; a source speaker missing from them is
+   described by its own utterance's statistics);
+4. ``OUT/<output_name>.wav`` (16 kHz, 16-bit, scaled to the source's RMS loudness and
+   peak-limited to 0.99) and ``OUT/<output_name>.png`` (source mel,
+   converted mel and, for a reconstruction (target == source speaker), their difference).
+
+``OUT/sources/`` holds each source as heard (16 kHz) and through the vocoder alone, so a
+listener can tell the vocoder's artifacts from the model's. ``OUT/conversion.json``
+records every item and ``OUT/index.html`` is the listening page
+(:mod:`sqvae_speech.synthesis.listening`). A silent source gives silence.
+
+A source is an utterance id (of ``--feats`` and/or ``--data``) or the path of an audio
+file. ``--make-list DATA_DIR`` builds the list instead (:func:`make_conversion_list`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import FeatureConfig
+from ..data.audio import is_silent, load_audio
+from ..data.batching import MIN_FRAMES
+from ..errors import SQVAEError
+from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from .f0 import F0Stats, convert_f0, read_f0_stats, utterance_stats
+from .vocoders import (
+    VOCODERS,
+    WorldAnalysis,
+    align_frames,
+    griffinlim,
+    peak_limit,
+    world,
+    world_analyze,
+)
+
+# How WORLD conversions map F0: by the source speaker's statistics (keeps an utterance's
+# register relative to its speaker) or by the utterance's own (lands on the target's median).
+F0_NORMS = ("speaker", "utterance")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+MANIFEST = "conversion.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionItem:
+    source: str  # utterance id or audio path
+    target: str  # target speaker
+    name: str  # output file stem
+
+
+# ----------------------------------------------------------------------------- lists
+
+
+def make_conversion_list(
+    data_dir: str | Path, per_speaker: int = 2, min_seconds: float = 1.5,
+    speakers: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+) -> list[ConversionItem]:
+    """Every chosen source utterance converted to every target speaker (its own included).
+
+    Sources: the first ``per_speaker`` sorted utterance ids of each speaker (``speakers``,
+    default all of the data dir) lasting at least ``min_seconds``; a speaker with fewer
+    such utterances is filled up with its longest other ones. ``targets`` defaults to the
+    source speakers. Names are ``<utt>__to__<target>``.
+    """
+    from ..data.datadir import read_datadir, recording_durations
+
+    if per_speaker < 1:
+        raise SQVAEError(f"--per-speaker must be >= 1, got {per_speaker}")
+    dd = read_datadir(data_dir)
+    speakers = list(speakers) if speakers else dd.speakers
+    unknown = [s for s in speakers if s not in dd.spk2utt]
+    if unknown:
+        raise SQVAEError(f"speaker(s) {', '.join(unknown)} not in {data_dir} (speakers: {', '.join(dd.speakers)})")
+    rec_seconds, _ = recording_durations(dd)
+    seconds = {u: (dd.segments[u][2] - dd.segments[u][1]) if dd.segments else rec_seconds.get(u, 0.0)
+               for u in dd.utterances}
+    sources = []
+    for spk in speakers:
+        utts = dd.spk2utt[spk]
+        chosen = [u for u in utts if seconds[u] >= min_seconds][:per_speaker]
+        # too few long enough: fill up with the longest of the rest (a small test set
+        # should still give a page, not an error)
+        rest = sorted((u for u in utts if u not in chosen), key=lambda u: (-seconds[u], u))
+        chosen = sorted(chosen + rest[: per_speaker - len(chosen)])
+        sources += [(u, spk) for u in chosen]
+    targets = list(targets) if targets is not None else speakers
+    return [ConversionItem(u, t, f"{u}__to__{t}") for u, _ in sources for t in targets]
+
+
+def read_conversion_list(path: str | Path) -> list[ConversionItem]:
+    """Rows ``source target_speaker output_name``; blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise SQVAEError(f"conversion list {path} does not exist")
+    items, seen = [], {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise SQVAEError(f"{path} line {n}: expected 'source target_speaker output_name', got {line.strip()!r}")
+        src, tgt, name = parts
+        if not _NAME.match(name) or name == MANIFEST.split(".")[0]:
+            raise SQVAEError(f"{path} line {n}: output name '{name}' must be a plain file stem (letters, digits, . _ + -)")
+        if name in seen:
+            raise SQVAEError(f"{path} line {n}: output name '{name}' already used on line {seen[name]}")
+        seen[name] = n
+        items.append(ConversionItem(src, tgt, name))
+    if not items:
+        raise SQVAEError(f"conversion list {path} has no rows")
+    return items
+
+
+def write_conversion_list(path: str | Path, items: Sequence[ConversionItem]) -> None:
+    atomic_write_text(path, "".join(f"{it.source} {it.target} {it.name}\n" for it in items))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class Source:
+    key: str  # as written in the list
+    label: str  # utterance id or file stem
+    speaker: str | None
+    mel: np.ndarray  # [n_mels, T]
+    wav: np.ndarray | None  # [N] at the feature rate, when audio is known
+    silent: bool
+
+
+def load_sources(
+    keys: Sequence[str], config: FeatureConfig, feats: str | Path | None = None, data: str | Path | None = None,
+    need_audio: bool = False, where: str = "conversion list",
+) -> dict[str, Source]:
+    """Resolve each distinct source key to its features (and audio); checks lengths."""
+    from ..data.datadir import read_datadir, utterance_audio
+    from ..data.featstore import FeatureStore
+    from ..data.features import logmel
+
+    store = FeatureStore.open(feats, expect_config=config) if feats else None
+    dd = read_datadir(data) if data else None
+    out: dict[str, Source] = {}
+    for key in dict.fromkeys(keys):
+        in_store, in_data = store is not None and key in store, dd is not None and key in dd.utt2spk
+        wav = None
+        if in_store or in_data:
+            speaker = store.speaker(key) if in_store else dd.utt2spk[key]  # type: ignore[union-attr]
+            if in_data and (need_audio or not in_store):
+                path, start, end = utterance_audio(dd, key)  # type: ignore[arg-type]
+                wav = load_audio(path, config.sample_rate, start, end)
+            elif need_audio:
+                raise SQVAEError(f"{where}: source '{key}' has features but WORLD needs its audio: pass --data "
+                                 "with the data dir that holds it")
+            mel = store[key] if in_store else logmel(wav, config.sample_rate, config)  # type: ignore[index,arg-type]
+            label = key
+        elif Path(key).is_file():
+            speaker, label = None, Path(key).stem
+            wav = load_audio(key, config.sample_rate)
+            mel = logmel(wav, config.sample_rate, config)
+        else:
+            looked = " and ".join(str(p) for p in (feats, data) if p) or "no --feats/--data"
+            raise SQVAEError(f"{where}: source '{key}' is neither an utterance of {looked} nor an audio file")
+        frames = mel.shape[1] - mel.shape[1] % 2
+        if frames < MIN_FRAMES:
+            raise SQVAEError(f"{where}: source '{key}' has {mel.shape[1]} feature frames "
+                             f"({mel.shape[1] * config.hop_length / config.sample_rate * 1000:.0f} ms); "
+                             f"the encoder needs at least {MIN_FRAMES}: use a longer source")
+        if wav is not None and abs(1 + wav.size // config.hop_length - mel.shape[1]) > 1:
+            raise SQVAEError(f"{where}: source '{key}': its features have {mel.shape[1]} frames but its audio "
+                             f"{1 + wav.size // config.hop_length}; --feats and --data do not describe the same audio")
+        silent = is_silent(wav) if wav is not None else bool(np.all(mel <= (20 * np.log10(config.amin)) / config.top_db + 1 + 1e-6))
+        out[key] = Source(key, label, speaker, mel, wav, silent)
+    return out
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+class Converter:
+    """A trained model plus a vocoder. ``convert(source, target)`` -> (wav [N], mel [n_mels, T-2])."""
+
+    def __init__(self, model: Any, config: FeatureConfig, vocoder: str = "world", f0_stats: F0Stats | None = None,
+                 f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
+                 f0_norm: str = "speaker") -> None:
+        if vocoder not in VOCODERS:
+            raise SQVAEError(f"--vocoder must be one of {', '.join(VOCODERS)}, got '{vocoder}'")
+        if f0_norm not in F0_NORMS:
+            raise SQVAEError(f"--f0-norm must be one of {', '.join(F0_NORMS)}, got '{f0_norm}'")
+        self.f0_norm = f0_norm
+        self.model = model.eval().to(device)
+        self.config, self.vocoder, self.f0_stats = config, vocoder, f0_stats
+        self.f0_method = f0_method or (f0_stats.method if f0_stats else "harvest")
+        self.gl_iters, self.seed, self.device = gl_iters, seed, device
+        self.speakers = list(model.config.speakers)
+        self._analyses: dict[str, Any] = {}
+
+    def check_target(self, target: str, where: str) -> int:
+        if target not in self.speakers:
+            raise SQVAEError(f"{where}: target speaker '{target}' is unknown to the model; "
+                             f"known speakers: {', '.join(self.speakers)}")
+        return self.speakers.index(target)
+
+    @torch.no_grad()
+    def decode(self, mel: np.ndarray, target: str) -> np.ndarray:
+        """``mel [n_mels, T]`` -> the target speaker's ``[n_mels, T' - 2]`` for ``mel[:, 1:T'-1]``, T' = T - T % 2."""
+        t = mel.shape[1] - mel.shape[1] % 2
+        x = torch.from_numpy(np.ascontiguousarray(mel[:, :t], dtype=np.float32))[None].to(self.device)
+        enc = self.model.encode(x, torch.tensor([t], device=self.device))
+        spk = torch.tensor([self.check_target(target, "convert")], device=self.device)
+        out, lengths = self.model.decode(enc.quantized, enc.lengths, spk)
+        return out[0, :, : int(lengths[0])].float().cpu().numpy()
+
+    def analysis(self, src: Source) -> WorldAnalysis:
+        """WORLD F0 / aperiodicity of a source's audio (cached per source)."""
+        if src.key not in self._analyses:
+            self._analyses[src.key] = world_analyze(src.wav, self.config, self.f0_method)
+        return self._analyses[src.key]
+
+    def _maps_f0(self, src: Source, target: str) -> bool:
+        return self.f0_norm == "utterance" or src.speaker != target
+
+    def check_f0(self, src: Source, target: str) -> None:
+        """A WORLD conversion to another speaker needs that speaker's F0 statistics."""
+        if self.vocoder != "world" or not self._maps_f0(src, target):
+            return
+        if self.f0_stats is None:
+            raise SQVAEError(f"converting '{src.key}' to '{target}' with WORLD needs F0 statistics: pass --f0-stats "
+                             "(written by `sqvae-speech f0-stats DATA_DIR OUT.json`)")
+        self.f0_stats.speaker(target)
+
+    def target_f0(self, src: Source, target: str) -> np.ndarray:
+        """The source's F0 mapped to ``target``: with ``f0_norm="speaker"`` from the source
+        speaker's statistics (unchanged for a reconstruction), with ``"utterance"`` from
+        the utterance's own (every item, reconstructions included)."""
+        f0 = self.analysis(src).f0
+        if not self._maps_f0(src, target):
+            return f0
+        self.check_f0(src, target)
+        assert self.f0_stats is not None
+        tgt = self.f0_stats.speaker(target)
+        spk = self.f0_stats.speakers.get(src.speaker or "")
+        source = spk if self.f0_norm == "speaker" and spk is not None and spk.has_voice else utterance_stats(f0)
+        return convert_f0(f0, source, tgt, self.f0_stats.f0_floor, self.f0_stats.f0_ceil)
+
+    def vocode(self, src: Source, mel: np.ndarray, target: str | None, offset: int) -> np.ndarray:
+        """Waveform of ``mel`` placed at ``offset`` on the source's frame grid; ``target``
+        None keeps the source's own F0 (vocoder-only resynthesis)."""
+        if self.vocoder == "griffinlim":
+            n_frames = src.mel.shape[1]
+            if src.silent:
+                return np.zeros((n_frames - 1) * self.config.hop_length, np.float32)
+            return griffinlim([align_frames(mel, n_frames, offset)], self.config, self.gl_iters, seed=self.seed)[0]
+        ana = self.analysis(src)
+        if src.silent:
+            return np.zeros((ana.f0.size - 1) * self.config.hop_length, np.float32)
+        f0 = ana.f0 if target is None else self.target_f0(src, target)
+        return world([mel], [ana], [f0], self.config, offset=offset)[0]
+
+    def convert(self, src: Source, target: str) -> tuple[np.ndarray, np.ndarray]:
+        mel = self.decode(src.mel, target)
+        return self.vocode(src, mel, target, offset=1), mel
+
+
+def match_loudness(wav: np.ndarray, src: Source) -> np.ndarray:
+    """``wav [N]`` scaled to the RMS of its source recording, then peak-limited; unchanged
+    without a recording or for silence. Listeners compare voices, not levels: a decoder
+    that is a few dB off would otherwise sound better or worse for its level alone."""
+    if src.wav is None or src.silent or not wav.any():
+        return wav
+    gain = float(np.sqrt(np.mean(src.wav.astype(np.float64) ** 2)) / np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+    return peak_limit(wav * gain)
+
+
+def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM wav, atomically."""
+    import soundfile
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        soundfile.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def run_conversion(
+    exp: str | Path, items: Sequence[ConversionItem], out_dir: str | Path, vocoder: str = "world",
+    feats: str | Path | None = None, data: str | Path | None = None, f0_stats: str | Path | None = None,
+    f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
+    progress: bool = True, title: str | None = None, where: str = "conversion list", f0_norm: str = "speaker",
+) -> list[dict[str, Any]]:
+    """Convert ``items``, write wavs, PNGs, sources, ``conversion.json`` and ``index.html``.
+
+    Returns the manifest entries. Everything is checked (speakers, sources, lengths, F0
+    statistics) before the first file is written.
+    """
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model
+    from .listening import PageItem, plot_spectrograms, write_page
+
+    t0 = time.time()
+    model, cfg, step, ckpt = load_model(exp)
+    stats = read_f0_stats(f0_stats) if f0_stats else None
+    conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm)
+    for n, it in enumerate(items, 1):
+        conv.check_target(it.target, f"{where} row {n} ('{it.name}')")
+    sources = load_sources([it.source for it in items], cfg.features, feats, data, vocoder == "world", where)
+    for it in items:
+        conv.check_f0(sources[it.source], it.target)
+    out_dir = Path(out_dir)
+    sr, top_db = cfg.features.sample_rate, cfg.features.top_db
+    page: list[PageItem] = []
+    src_names: dict[str, str] = {}
+    for key, src in sources.items():
+        name = _unique(re.sub(r"[^A-Za-z0-9._+-]", "_", src.label), set(src_names.values()))
+        src_names[key] = name
+        group, row, png = src.speaker or "(unknown speaker)", src.label, f"sources/{name}.png"
+        plot_spectrograms(out_dir / png, [(f"{src.key} (source)", src.mel)], top_db=top_db)
+        if src.wav is not None:  # a source given by its features alone has no recording to play
+            write_wav(out_dir / "sources" / f"{name}.wav", peak_limit(src.wav), sr)
+            page.append(PageItem(group, row, "recorded", f"sources/{name}.wav", png))
+        write_wav(out_dir / "sources" / f"{name}.{vocoder}.wav", match_loudness(conv.vocode(src, src.mel, None, 0), src), sr)
+        page.append(PageItem(group, row, f"{vocoder} only", f"sources/{name}.{vocoder}.wav",
+                             None if src.wav is not None else png))
+    manifest = []
+    for it in tqdm(items, desc="convert", unit="item", disable=None if progress else True):
+        src = sources[it.source]
+        wav, mel = conv.convert(src, it.target)
+        wav = match_loudness(wav, src)
+        write_wav(out_dir / f"{it.name}.wav", wav, sr)
+        t = mel.shape[1]
+        reference = src.mel[:, 1 : 1 + t]
+        recon = src.speaker == it.target
+        panels = [(f"source {src.key} ({src.speaker or 'unknown speaker'})", reference),
+                  (f"decoded as {it.target}", mel)]
+        entry: dict[str, Any] = {"name": it.name, "source": it.source, "source_speaker": src.speaker,
+                                 "target": it.target, "reconstruction": recon, "wav": f"{it.name}.wav",
+                                 "png": f"{it.name}.png", "seconds": round(wav.size / sr, 3), "silent_source": src.silent}
+        if recon:
+            entry["mse_db2"] = float(((mel - reference) ** 2).sum() * top_db**2 / (mel.shape[0] * t))
+            panels.append((f"difference (dB), dB^2 MSE {entry['mse_db2']:.1f}", mel - reference))
+        plot_spectrograms(out_dir / f"{it.name}.png", panels, title=f"{it.name}  [{vocoder}]", top_db=top_db,
+                          diff_index=2 if recon else None)
+        caption = "reconstruction" if recon else f"to {it.target}"
+        page.append(PageItem(src.speaker or "(unknown speaker)", src.label, it.target, entry["wav"], entry["png"], caption))
+        manifest.append(entry)
+    atomic_write_json(out_dir / MANIFEST, {"exp": str(exp), "checkpoint": str(ckpt), "step": step, "vocoder": vocoder,
+                                           "f0_stats": str(f0_stats) if f0_stats else None, "f0_norm": f0_norm,
+                                           "seconds": round(time.time() - t0, 1), "items": manifest})
+    targets = list(dict.fromkeys(it.target for it in items))
+    notes = (f"{cfg.model.variant} at step {step} ({ckpt}); vocoder: {vocoder}. Rows: source utterances; columns: the "
+             f"source as recorded, the source through the vocoder alone, then the source decoded as each target speaker "
+             f"(its own speaker = reconstruction), each scaled to the loudness (RMS) of its source recording. "
+             f"Spectrograms: source, decoded, and for reconstructions the difference.")
+    write_page(out_dir, page, title or f"SQ-VAE voice conversion: {Path(exp).name}", notes,
+               columns=["recorded", f"{vocoder} only", *targets])
+    return manifest
+
+
+def _unique(name: str, used: set[str]) -> str:
+    out, k = name, 1
+    while out in used:
+        k += 1
+        out = f"{name}-{k}"
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
