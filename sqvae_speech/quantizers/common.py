@@ -111,3 +111,22 @@ def rows_perplexity(idx: Tensor, num_embeddings: int) -> Tensor:
     probs = counts / counts.sum()
     # xlogy gives 0 for empty bins instead of 0 * log 0 = NaN.
     return torch.exp(-torch.special.xlogy(probs, probs).sum())
+
+
+def lookup_codes(table: Tensor, indices: Tensor, name: str) -> Tensor:
+    """Rows of ``table`` [K, D] at ``indices`` [...] (integer) -> [..., D].
+
+    Index -1 (padding, as in :class:`QuantizerOutput`) gives a zero vector, as padded
+    positions of ``quantized`` are; any other index outside [0, K) is an error.
+    """
+    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        raise TypeError(f"{name}.lookup: indices must be an integer tensor, got {indices.dtype}")
+    k = table.shape[0]
+    idx = indices.long()
+    if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= k):
+        raise ValueError(
+            f"{name}.lookup: indices must be in [0, {k}) or -1 (padding), got range "
+            f"[{int(idx.min())}, {int(idx.max())}]"
+        )
+    pad = idx < 0
+    return table[idx.clamp_min(0)].masked_fill(pad.unsqueeze(-1), 0)

@@ -1,5 +1,5 @@
-"""Gaussian stochastic quantization: SQ-VAE variants I-IV (PROTOCOL.md, "The model in one
-paragraph" and "Variance parameterizations").
+"""Gaussian stochastic quantization: SQ-VAE variants I-IV (docs/PROTOCOL.md, sections 1
+"The model" and 2 "Variance parameterizations I-IV").
 
 P(z_q = b_k | z) = softmax_k(-0.5 ||z - b_k||^2_Sigma). Training draws z_q as a
 Gumbel-softmax soft sample (no straight-through, no stop-gradient); evaluation takes the
@@ -12,11 +12,16 @@ learned scalar ``log_var_scalar``:
 ======== ==================================== =====================
 variant  reduction of ``log_var``             shape of log sigma^2
 ======== ==================================== =====================
-I        ignored; log sigma^2 = scalar        [1, 1, 1]
+I        none: log sigma^2 = s (log space),   [1, 1, 1]
+         log(1 + exp(s)) (linear space)
 II       mean over valid positions, channels  [B, 1, 1]
 III      mean over channels                   [B, L, 1]
 IV       none (needs C == D)                  [B, L, D]
 ======== ==================================== =====================
+
+The scalar is learned by default; ``learn_variance=False`` keeps it fixed at
+``init_log_var`` (a buffer, not a parameter): "quantization with fixed sigma_q^2", the
+ablation of the paper's Table 2 (variant I with a fixed variance).
 
 ``var_space="log"`` (speech): log sigma^2 = reduced + scalar.
 ``var_space="linear"`` (vision): sigma^2 = exp(reduced) + exp(scalar), computed as
@@ -26,6 +31,7 @@ logaddexp(reduced, scalar) so it neither overflows nor loses the small term.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +44,7 @@ from .common import (
     count_valid,
     full_precision,
     gumbel_softmax_sample,
+    lookup_codes,
     rows_perplexity,
     scatter_rows,
     valid_rows,
@@ -66,13 +73,18 @@ def gaussian_logits(z: Tensor, codebook: Tensor, precision: Tensor) -> Tensor:
 class GaussianSQ(nn.Module):
     """Gaussian SQ-VAE quantizer with a learned codebook ``codebook`` [K, D] (init N(0, 1)).
 
+    Source: the SQ-VAE authors' code, sony/sqvae (``speech/model.py``, ``vision/quantizer.py``),
+    Takida et al. ICML 2022.
+
     Args:
         num_embeddings: K, codebook size.
         embedding_dim: D, latent dimension.
         variant: "I", "II", "III" or "IV" (see the module docstring).
         var_space: "log" (speech: scalar added to the log-variance) or "linear" (vision:
             variances added).
-        init_log_var: initial value of the learned scalar ``log_var_scalar``.
+        init_log_var: initial value of the scalar ``log_var_scalar``.
+        learn_variance: True: ``log_var_scalar`` is a parameter (learned); False: a buffer
+            fixed at ``init_log_var`` (fixed sigma_q^2 ablation).
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class GaussianSQ(nn.Module):
         variant: str = "I",
         var_space: str = "log",
         init_log_var: float = math.log(10.0),
+        learn_variance: bool = True,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -95,10 +108,32 @@ class GaussianSQ(nn.Module):
         self.variant = variant
         self.var_space = var_space
         self.codebook = nn.Parameter(torch.randn(num_embeddings, embedding_dim))
-        self.log_var_scalar = nn.Parameter(torch.tensor(float(init_log_var)))
+        self.learn_variance = bool(learn_variance)
+        scalar = torch.tensor(float(init_log_var))
+        if self.learn_variance:
+            self.log_var_scalar = nn.Parameter(scalar)
+        else:
+            # Same state_dict key either way, so checkpoints load across the two settings.
+            self.register_buffer("log_var_scalar", scalar)
+
+    @classmethod
+    def encoder_channels(cls, embedding_dim: int, variant: str = "I", **kwargs: Any) -> int:
+        """Channels the encoder emits (speech layout): D means, plus 1 variance channel for
+        II and III, D for IV (I: none)."""
+        if variant not in VARIANTS:
+            raise ConfigError(f"Gaussian SQ variant '{variant}' unknown; choose one of {', '.join(VARIANTS)}")
+        return embedding_dim + {"I": 0, "II": 1, "III": 1, "IV": embedding_dim}[variant]
 
     def extra_repr(self) -> str:
-        return f"K={self.num_embeddings}, D={self.embedding_dim}, variant={self.variant}, var_space={self.var_space}"
+        return (
+            f"K={self.num_embeddings}, D={self.embedding_dim}, variant={self.variant}, var_space={self.var_space}, "
+            f"learn_variance={self.learn_variance}"
+        )
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Codes for ``indices`` [...] int64 -> [..., D] (-1 gives zeros): the codes the
+        decoder gets in evaluation (``codebook[indices]``)."""
+        return lookup_codes(self.codebook, indices, "GaussianSQ")
 
     @property
     def log_var_channels(self) -> int:
@@ -116,8 +151,12 @@ class GaussianSQ(nn.Module):
         """
         scalar = self.log_var_scalar.to(dtype)
         if self.variant == "I":
-            # Same in both spaces: sigma^2 = exp(scalar).
-            return scalar.reshape(1, 1, 1)
+            # No encoder variance: log space sigma^2 = exp(s); linear space takes the
+            # encoder's log-variance as 0, sigma^2 = exp(0) + exp(s) = 1 + exp(s), as
+            # sony/sqvae vision/model.py does for its variant I (sigma^2 never below 1).
+            if self.var_space == "log":
+                return scalar.reshape(1, 1, 1)
+            return torch.nn.functional.softplus(scalar).reshape(1, 1, 1)
         if log_var is None:
             raise ValueError(f"GaussianSQ variant {self.variant} needs log_var [B, L, C]; got None")
         if log_var.dim() != 3 or tuple(log_var.shape[:2]) != (batch, length):

@@ -1,4 +1,4 @@
-"""Codebook usage meters (PROTOCOL.md, "Codebook usage").
+"""Codebook usage meters (docs/PROTOCOL.md, "Codebook usage metrics").
 
 Batch perplexity depends on the batch size, so evaluation also reports usage over a
 whole set: the perplexity of the set-level histogram and the number of codes used at
@@ -54,8 +54,10 @@ class CodebookUsage:
     """
 
     def __init__(self, num_embeddings: int) -> None:
-        if num_embeddings < 1:
-            raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings}")
+        # 0 is allowed: a quantizer without codes (GaussianVAE) emits only -1 indices, and
+        # its meter then counts nothing (perplexity NaN, 0 codes used).
+        if num_embeddings < 0:
+            raise ValueError(f"num_embeddings must be >= 0, got {num_embeddings}")
         self.num_embeddings = num_embeddings
         self.counts = torch.zeros(num_embeddings, dtype=torch.int64)
 

@@ -1,4 +1,4 @@
-"""von Mises-Fisher stochastic quantization (PROTOCOL.md, "vMF SQ-VAE").
+"""von Mises-Fisher stochastic quantization (docs/PROTOCOL.md, "Vision experiments").
 
 Latents and codes live on the unit sphere; P(z_q = b_k | z) = softmax_k(kappa <z, b_k>).
 Training draws z_q as a Gumbel-softmax mixture of the normalized codes (so a training
@@ -8,7 +8,7 @@ Latent loss summed over valid positions: kappa (1 - <z, z_q>) + sum_k P log P.
 The learned scalar. ``log_kappa_scalar`` = s with kappa = min_kappa + exp(s), min_kappa = 1,
 s initialized to log(0.05): this is what the authors' vision code does (vMF quantizer
 kappa = exp(log_param_q) + 1, log_param_q_init = -2.9957 = log 0.05; their config comment
-says "log(0.01)", the value is log 0.05). PROTOCOL.md's "init log 0.01 for vMF" matches
+says "log(0.01)", the value is log 0.05). docs/PROTOCOL.md's "init log 0.01 for vMF" matches
 that comment and also the vMF *decoder's* log(1/kappa_x) = log 0.01 of the label-map
 likelihood, which belongs to the model, not to this quantizer. The floor keeps kappa >= 1
 so quantization never becomes uniform; ``min_kappa=0`` gives a plain kappa = exp(s).
@@ -19,6 +19,7 @@ self-anneals.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from .common import (
     count_valid,
     full_precision,
     gumbel_softmax_sample,
+    lookup_codes,
     rows_perplexity,
     scatter_rows,
     valid_rows,
@@ -40,7 +42,16 @@ from .common import (
 
 class VMFSQ(nn.Module):
     """vMF SQ-VAE quantizer with a learned codebook ``codebook`` [K, D] (init N(0, 1),
-    used normalized) and concentration kappa = min_kappa + exp(``log_kappa_scalar``)."""
+    used normalized) and concentration kappa = min_kappa + exp(``log_kappa_scalar``).
+
+    Source: the SQ-VAE authors' vision code, sony/sqvae (``vision/quantizer.py``), Takida et al. ICML 2022.
+
+    Args:
+        num_embeddings: K, codebook size (>= 2).
+        embedding_dim: D, latent dimension (>= 2).
+        init_log_kappa: initial value of the learned scalar s.
+        min_kappa: floor of kappa (>= 0).
+    """
 
     def __init__(
         self,
@@ -60,8 +71,18 @@ class VMFSQ(nn.Module):
         self.codebook = nn.Parameter(torch.randn(num_embeddings, embedding_dim))
         self.log_kappa_scalar = nn.Parameter(torch.tensor(float(init_log_kappa)))
 
+    @classmethod
+    def encoder_channels(cls, embedding_dim: int, **kwargs: Any) -> int:
+        """Channels the encoder emits for this quantizer: D (no variance channels)."""
+        return embedding_dim
+
     def extra_repr(self) -> str:
         return f"K={self.num_embeddings}, D={self.embedding_dim}, min_kappa={self.min_kappa}"
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Unit-norm codes for ``indices`` [...] int64 -> [..., D] (-1 gives zeros), as the
+        decoder gets them in evaluation."""
+        return lookup_codes(self.normalized_codebook(), indices, "VMFSQ")
 
     def kappa(self) -> Tensor:
         """Scalar concentration kappa = min_kappa + exp(log_kappa_scalar)."""
