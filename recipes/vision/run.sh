@@ -11,7 +11,7 @@ stop_stage=3             # last stage to run
 data_dir=""              # folder made by local/download.sh (holds fashion-mnist/, mnist5k/); empty: download into download/
 dataset=fashion_mnist    # fashion_mnist or mnist5k (the embedded data sets); others need --data-dir
 config=conf/sweep.yaml   # model/training config on top of the data set's paper defaults, relative to this recipe
-variants="vqvae_ema gaussian_1"  # models: gaussian_1..gaussian_4, vmf, vqvae_ema
+variants="vqvae_ema gaussian_1"  # models (model.variant): gaussian_1..gaussian_4, vmf, vqvae_ema, or any registry name
 ks="16 32 64 128 256 512"  # codebook sizes K
 steps=0                  # training steps per run; 0: the config's train.max_steps
 nj=2                     # runs trained at the same time, one CPU thread each (1: one run, all threads)
@@ -35,7 +35,7 @@ done
 
 [ -z "$data_dir" ] || data_dir=$(realpath -m -- "$data_dir")
 cd "$(dirname "${BASH_SOURCE[0]}")"
-. ./path.sh
+. "$SQVAE_ROOT/tools/path.sh"
 
 export SQVAE_VISION_DATA=${data_dir:-$PWD/download}
 threads_opt=""
@@ -65,7 +65,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     log "training $d"
     # --resume: a killed run continues from its newest checkpoint (a fresh dir starts at 0).
     (sqvae-speech vision train --config "$config" --dataset $dataset --variant ${run%_K*} \
-       --set model.num_embeddings=${run##*_K} --exp $d --device $device $step_opts $threads_opt \
+       --set model.quantizer.num_embeddings=${run##*_K} --exp $d --device $device $step_opts $threads_opt \
        --resume --no-progress > $d/train.log 2>&1 && touch $d/.done) &
   done
   wait

@@ -5,28 +5,53 @@ quantizer, likelihood) and ``train``. :func:`paper_defaults` gives the paper's
 per-data-set settings (the authors' configs), and a YAML file or ``--set`` overrides only
 what it names::
 
-    cfg = resolve_config("conf/sweep.yaml", ["model.num_embeddings=64"], dataset="fashion_mnist",
-                         variant="vqvae_ema")
+    cfg = resolve_config("conf/sweep.yaml", ["model.quantizer.num_embeddings=64"],
+                         dataset="fashion_mnist", variant="vqvae_ema")
+
+The model section names a quantizer of the registry (``model.variant``: gaussian_1..4,
+gaussian_fixed, vmf, vqvae_ema, vqvae_ema_reset, vq_kmeans, fsq, vae; see
+:data:`sqvae_speech.quantizers.QUANTIZERS`) and ``model.quantizer`` holds that class's
+constructor arguments, as in the speech config::
+
+    model:
+      variant: gaussian_1
+      quantizer: {num_embeddings: 256, embedding_dim: 64, var_space: linear, init_log_var: 2.302585}
+
+Missing arguments take the vision defaults (:data:`VISION_QUANTIZER_DEFAULTS`: K 512,
+D 64, linear variance space, sigma^2 scalar from log 10), then the data set's paper values
+(:func:`paper_defaults`), each only where the class takes the argument, and finally the
+constructor's own defaults; a resolved config lists every argument the quantizer was
+built with.
 
 Variance: vision adds the learned scalar to the encoder's variance in *linear* space,
 sigma^2 = exp(log_var) + exp(scalar) (``GaussianSQ(var_space="linear")``); variant I has no
-encoder variance, sigma^2 = exp(scalar). The scalar starts at log 10 for MNIST and
-Fashion-MNIST and at log 20 for CIFAR-10 and CelebA. The vMF quantizer's concentration is
-kappa = 1 + exp(s), s starting at log 0.05 (see ``sqvae_speech.quantizers.vmf``).
+encoder variance and, as in the authors' code (sony/sqvae vision/model.py), sigma^2 =
+1 + exp(scalar). The scalar starts at log 10 for MNIST and Fashion-MNIST and at log 20
+for CIFAR-10 and CelebA. The vMF quantizer's concentration is kappa = 1 + exp(s), s
+starting at log 0.05 (see ``sqvae_speech.quantizers.vmf``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import ConfigBase, apply_overrides, load_yaml
 from ..errors import ConfigError
+from ..quantizers.registry import QUANTIZERS, QuantizerSpec, get_quantizer
 
-VARIANTS = ("gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vmf", "vqvae_ema")
+# The paper's image models; every registry name (VARIANTS) builds and trains.
+PAPER_VARIANTS = ("gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vmf", "vqvae_ema")
+VARIANTS = tuple(QUANTIZERS)
 NETS = ("28", "32", "64", "64label")
 RECONS = ("auto", "arelbo", "learned", "mse", "vmf", "categorical")
+# Vision's quantizer arguments, filled before the constructor's own defaults and only where
+# the class takes them (var_space and init_log_var: GaussianSQ only).
+VISION_QUANTIZER_DEFAULTS: dict[str, Any] = {"num_embeddings": 512, "embedding_dim": 64, "var_space": "linear",
+                                             "init_log_var": math.log(10.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,48 +99,82 @@ class VisionDataConfig(ConfigBase):
                "data.train_limit, data.val_limit and data.test_limit must be >= 0 (0: all)")
 
 
+def _spec(variant: str) -> QuantizerSpec:
+    if variant not in QUANTIZERS:
+        raise ConfigError(f"model.variant '{variant}' unknown; choose one of {', '.join(QUANTIZERS)}")
+    return get_quantizer(variant)
+
+
+def quantizer_defaults(variant: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``defaults`` that ``variant``'s class takes (QuantizerSpec.defaults_for)."""
+    return _spec(variant).defaults_for(defaults)
+
+
+# The flat quantizer keys of the first vision release -> their constructor argument.
+FLAT_QUANTIZER_KEYS = {"num_embeddings": "num_embeddings", "embedding_dim": "embedding_dim",
+                       "init_log_var": "init_log_var", "init_log_kappa": "init_log_kappa", "min_kappa": "min_kappa",
+                       "ema_decay": "decay", "ema_epsilon": "epsilon", "commitment_cost": "commitment_cost",
+                       "reset_unused": "reset_unused", "reset_threshold": "reset_threshold"}
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionModelConfig(ConfigBase):
+    """The image model: network geometry, likelihood and the quantizer. ``variant`` names a
+    registry quantizer; ``quantizer`` holds its constructor arguments (see the module
+    docstring), resolved when the config is made."""
+
     variant: str = "gaussian_1"
     net: str = "28"  # 28 (grey 28x28), 32 (colour 32x32), 64 (colour 64x64), 64label (label maps)
     channels: int = 1  # image channels, or classes of a label map
-    num_rb: int = 2  # residual blocks (encoder: num_rb - 1 shared + one per head; decoder: num_rb)
-    num_embeddings: int = 512
-    embedding_dim: int = 64
-    # Gaussian SQ: learned scalar, sigma^2 = exp(log_var) + exp(init_log_var) at the start.
-    init_log_var: float = math.log(10.0)
-    # vMF SQ: kappa = min_kappa + exp(s), s = init_log_kappa at the start.
-    init_log_kappa: float = math.log(0.05)
-    min_kappa: float = 1.0
-    # Likelihood: arelbo (0.5 D_x log MSE), learned (learned scalar decoder variance),
-    # mse (VQ-VAE), vmf (authors' vMF likelihood of one-hot label vectors),
-    # categorical (softmax cross-entropy). auto: vmf for label maps, mse for VQ-VAE,
-    # arelbo otherwise.
+    # residual blocks (encoder: num_rb - 1 shared + one per head; decoder: num_rb for 28 / 32 px,
+    # num_rb - 1 for 64 px, as sony/sqvae vision/networks/net_64.py)
+    num_rb: int = 2
+    # Likelihood: arelbo (0.5 D_x log(SSE / B), SSE / B the per-image sum), learned (learned
+    # scalar decoder variance), mse (VQ-VAE), vmf (authors' vMF likelihood of one-hot label
+    # vectors), categorical (softmax cross-entropy). auto: vmf for label maps, else the
+    # quantizer family's own (registry: mse for VQ and FSQ, arelbo for SQ and VAE).
     recon: str = "auto"
     init_log_var_x: float = math.log(0.1)  # recon=learned
     init_log_kappa_inv_x: float = math.log(0.01)  # recon=vmf: 1/kappa_x of the decoder
-    # VQ-VAE with EMA.
-    ema_decay: float = 0.999
-    ema_epsilon: float = 1e-5
-    commitment_cost: float = 0.25
-    reset_unused: bool = False
-    # reset a code once its EMA count (uses per batch) falls below this; with decay 0.999 an
-    # unused code falls from 1 to 0.01 in ~4600 steps, to 0.1 in ~2300
-    reset_threshold: float = 0.01
+    # Constructor arguments of the variant's quantizer class (num_embeddings, embedding_dim,
+    # init_log_var, var_space, init_log_kappa, decay, commitment_cost, reset_unused, ...).
+    quantizer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # YAML reads `net: 28` as a number
         if isinstance(self.net, int):
             object.__setattr__(self, "net", str(self.net))
+        spec = _spec(self.variant)
+        resolved = spec.resolve(self.quantizer or {}, where="model.quantizer", defaults=VISION_QUANTIZER_DEFAULTS)
+        object.__setattr__(self, "quantizer", resolved)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> VisionModelConfig:
+        """As :meth:`ConfigBase.from_dict`; a flat quantizer key of the first vision release
+        is an error that names its place in ``model.quantizer``."""
+        flat = sorted(k for k in (data or {}) if k in FLAT_QUANTIZER_KEYS)
+        if flat:
+            moved = ", ".join(f"model.{k} -> model.quantizer.{FLAT_QUANTIZER_KEYS[k]}" for k in flat)
+            raise ConfigError(f"{where + ': ' if where else ''}quantizer settings live in model.quantizer now "
+                              f"(the constructor arguments of the variant's class): {moved}")
+        return super().from_dict(data, where)
 
     def validate(self) -> None:
-        _check(self.variant in VARIANTS, f"model.variant '{self.variant}' unknown; choose one of {', '.join(VARIANTS)}")
+        import torch
+
         _check(self.net in NETS, f"model.net '{self.net}' unknown; choose one of {', '.join(NETS)}")
         _check(self.recon in RECONS, f"model.recon '{self.recon}' unknown; choose one of {', '.join(RECONS)}")
         _check(self.channels >= 1, f"model.channels must be >= 1, got {self.channels}")
         _check(self.num_rb >= 1, f"model.num_rb must be >= 1, got {self.num_rb}")
-        _check(self.num_embeddings >= 2, f"model.num_embeddings (K) must be >= 2, got {self.num_embeddings}")
-        _check(self.embedding_dim >= 2, f"model.embedding_dim must be >= 2, got {self.embedding_dim}")
+        _check(self.embedding_dim >= 2,
+               f"model.quantizer.embedding_dim must be >= 2 (the encoder's first conv has D/2 channels), got {self.embedding_dim}")
+        # The constructor checks its arguments' values; fork_rng: the check draws no numbers
+        # from the generator that initializes the model.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                _spec(self.variant).build(**self.quantizer)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"model.quantizer of '{self.variant}': {e}") from None
         label = self.net == "64label"
         _check(not label or self.channels >= 2, "model.channels of a label map (net 64label) is its number of classes, >= 2")
         kind = self.recon_kind
@@ -128,7 +187,12 @@ class VisionModelConfig(ConfigBase):
             return self.recon
         if self.net == "64label":
             return "vmf"
-        return "mse" if self.variant == "vqvae_ema" else "arelbo"
+        return _spec(self.variant).recon
+
+    @property
+    def embedding_dim(self) -> int:
+        """D, the latent channels the encoder emits and the decoder reads."""
+        return int(self.quantizer["embedding_dim"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,32 +241,36 @@ class VisionConfig(ConfigBase):
                "to take the data set's defaults")
 
 
-# The authors' per-data-set settings (their configs/*.yaml).
+# The authors' per-data-set settings (their configs/*.yaml). Quantizer values are defaults:
+# each is kept only where the chosen variant's class takes it (quantizer_defaults).
 _PAPER: dict[str, dict[str, Any]] = {
-    "mnist": {"model": {"num_rb": 2, "num_embeddings": 128, "init_log_var": math.log(10.0)}},
-    "fashion_mnist": {"model": {"num_rb": 2, "num_embeddings": 256, "init_log_var": math.log(10.0)}},
-    "mnist5k": {"model": {"num_rb": 2, "num_embeddings": 128, "init_log_var": math.log(10.0)}},
-    "cifar10": {"model": {"num_rb": 2, "num_embeddings": 512, "init_log_var": math.log(20.0)}},
+    "mnist": {"model": {"num_rb": 2, "quantizer": {"num_embeddings": 128, "init_log_var": math.log(10.0)}}},
+    "fashion_mnist": {"model": {"num_rb": 2, "quantizer": {"num_embeddings": 256, "init_log_var": math.log(10.0)}}},
+    "mnist5k": {"model": {"num_rb": 2, "quantizer": {"num_embeddings": 128, "init_log_var": math.log(10.0)}}},
+    "cifar10": {"model": {"num_rb": 2, "quantizer": {"num_embeddings": 512, "init_log_var": math.log(20.0)}}},
     # JPEG / PNG files decoded on the fly: two loader processes, as the authors use
-    "celeba": {"model": {"num_rb": 6, "num_embeddings": 512, "init_log_var": math.log(20.0)},
+    "celeba": {"model": {"num_rb": 6, "quantizer": {"num_embeddings": 512, "init_log_var": math.log(20.0)}},
                "train": {"epochs": 70, "num_workers": 2}},
-    "celebamask_hq": {"model": {"num_rb": 2, "num_embeddings": 64, "variant": "vmf"},
+    "celebamask_hq": {"model": {"num_rb": 2, "variant": "vmf", "quantizer": {"num_embeddings": 64}},
                       "train": {"epochs": 70, "num_workers": 2}},
 }
 
 
 def paper_defaults(dataset: str, variant: str | None = None) -> dict[str, Any]:
-    """Config mapping with the paper's settings for ``dataset`` (and ``variant``)."""
+    """Config mapping with the paper's settings for ``dataset``, its ``model.quantizer``
+    reduced to the arguments of ``variant``'s class (default: the data set's paper variant,
+    else gaussian_1)."""
     if dataset not in DATASETS:
         raise ConfigError(f"data set '{dataset}' unknown; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
-    paper = _PAPER[dataset]
-    data = {"data": {"name": dataset, **paper.get("data", {})},
-            "model": {"net": spec.net, "channels": spec.channels, **paper.get("model", {})},
+    paper = copy.deepcopy(_PAPER[dataset])
+    model = paper.get("model", {})
+    variant = variant or model.get("variant") or VisionModelConfig.variant
+    model["variant"] = variant
+    model["quantizer"] = quantizer_defaults(variant, model.get("quantizer", {}))
+    return {"data": {"name": dataset, **paper.get("data", {})},
+            "model": {"net": spec.net, "channels": spec.channels, **model},
             "train": dict(paper.get("train", {}))}
-    if variant is not None:
-        data["model"]["variant"] = variant
-    return data
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -214,16 +282,49 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(config_path: str | None = None, overrides: list[str] | None = None,
                    dataset: str | None = None, variant: str | None = None) -> VisionConfig:
-    """Paper defaults for the data set, then the YAML file, then ``--set`` overrides.
+    """Paper defaults for the data set and variant, then the YAML file, then ``--set`` overrides.
 
     The data set comes from ``dataset``, else the file's ``data.name``, else fashion_mnist;
-    ``variant`` (if given) wins over the file.
+    ``variant`` (if given) wins over the file; overrides win over both.
     """
-    user = load_yaml(config_path) if config_path else {}
-    name = dataset or (user.get("data") or {}).get("name") or "fashion_mnist"
-    merged = _merge(paper_defaults(name), user)
-    merged.setdefault("data", {})["name"] = name
+    top = copy.deepcopy(load_yaml(config_path) if config_path else {})
+    if dataset:
+        top.setdefault("data", {})["name"] = dataset
     if variant:
-        merged.setdefault("model", {})["variant"] = variant
-    merged = apply_overrides(merged, list(overrides or []))
+        top.setdefault("model", {})["variant"] = variant
+    top = apply_overrides(top, list(overrides or []))
+    name = (top.get("data") or {}).get("name") or "fashion_mnist"
+    merged = _merge(paper_defaults(name, (top.get("model") or {}).get("variant")), top)
+    merged.setdefault("data", {})["name"] = name
     return VisionConfig.from_dict(merged, where=config_path or "vision config")
+
+
+# What the first vision release computed, as today's constructor arguments: gaussian_1 had
+# sigma^2 = exp(s) (GaussianSQ variant I in log space; today's linear space gives
+# 1 + exp(s)); the VQ-EMA started from N(0, 1) codes with a pseudo-count of 1, used the
+# smoothed count for the division only and reset codes under an EMA count of 0.01.
+_FLAT_BEHAVIOUR: dict[str, dict[str, Any]] = {
+    "gaussian_1": {"var_space": "log"},
+    "vqvae_ema": {"init": "normal", "init_count": 1.0, "store_smoothed_count": False, "reset_threshold": 0.01},
+}
+
+
+def upgrade_vision_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A vision config mapping with the flat quantizer keys of the first release (model.
+    num_embeddings, model.ema_decay, ...) -> today's ``model.quantizer`` section.
+
+    Flat keys become constructor arguments (``ema_decay`` / ``ema_epsilon`` -> ``decay`` /
+    ``epsilon``); those the variant's class does not take are dropped, and the variant's
+    old behaviour is recorded (``_FLAT_BEHAVIOUR``) so an old checkpoint computes what it
+    was trained with. A mapping already in today's form comes back unchanged (a copy).
+    """
+    data = copy.deepcopy(dict(data))
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(k in model for k in FLAT_QUANTIZER_KEYS):
+        return data
+    flat = {new: model.pop(old) for old, new in FLAT_QUANTIZER_KEYS.items() if old in model}
+    variant = model.get("variant", VisionModelConfig.variant)
+    args = _spec(variant).arguments()
+    upgraded = _FLAT_BEHAVIOUR.get(variant, {}) | {k: v for k, v in flat.items() if k in args}
+    model["quantizer"] = upgraded | dict(model.get("quantizer") or {})
+    return data

@@ -7,7 +7,8 @@ Reported (``EXP/results_<split>.json``):
   CelebAMask-HQ), with ``per_class_iou``;
 - codebook usage: ``batch_perplexity`` (mean over batches of ``train.eval_batch_size``
   images; it depends on the batch size), ``set_perplexity`` (exp entropy of the code
-  histogram of the whole split, bounded by K) and ``used_codes``;
+  histogram of the whole split, bounded by K) and ``used_codes`` (the continuous VAE has
+  no codes: perplexities NaN, written as null, and 0 used of 0);
 - ``loss``: the training objective per item (the validation criterion).
 
 ``reconstructions_<split>.png``: the first images of the split (top) over their
@@ -64,8 +65,7 @@ def evaluate_model(model: VisionSQVAE, ds: Dataset, batch_size: int = 32, device
     from tqdm import tqdm
 
     model.eval().to(device)
-    k = model.config.num_embeddings
-    usage = CodebookUsage(k)
+    usage = CodebookUsage(model.num_codes)  # VAE: 0 codes, usage n/a (NaN, 0 used)
     classes = model.config.channels
     conf = torch.zeros(classes, classes, dtype=torch.int64)
     loss_sum, sse, elems, n = 0.0, 0.0, 0, 0
@@ -159,7 +159,7 @@ def evaluate(exp_or_ckpt: str | Path, split: str = "test", which: str = "best", 
     ds = load_splits(data)[split]
     m = evaluate_model(model, ds, cfg.train.eval_batch_size, dev, progress)
     result = VisionResult(dataset=cfg.data.name, split=split, variant=cfg.model.variant,
-                          num_codes=cfg.model.num_embeddings, embedding_dim=cfg.model.embedding_dim, step=step,
+                          num_codes=model.num_codes, embedding_dim=cfg.model.embedding_dim, step=step,
                           checkpoint=str(path), **m)  # type: ignore[arg-type]
     result.seconds = round(time.time() - t0, 2)
     exp_dir = Path(exp_or_ckpt) if Path(exp_or_ckpt).is_dir() else path.parent if path.name == "best.pt" else path.parent.parent

@@ -2,10 +2,14 @@
 
 Images (x in [0, 1], decoder output through a sigmoid), D_x = C * H * W:
 
-- ``arelbo``: 0.5 * D_x * log(MSE), MSE over every element of the batch: the Gaussian
-  likelihood with its variance set to the MSE in closed form (Takida et al., arXiv
-  2102.08663). The authors take log(SSE / B) instead of log(SSE / (B D_x)); the two differ
-  by the constant 0.5 D_x log D_x, so gradients and the optimum are the same.
+- ``arelbo``: 0.5 * D_x * log(SSE / B), SSE the sum of squared errors over the batch, so
+  SSE / B is the per-image sum: the Gaussian likelihood with its variance set in closed
+  form (Takida et al., arXiv 2102.08663), written as the authors' code writes it
+  (sony/sqvae vision/model.py, ``GaussianSQVAE._calc_loss``). Against 0.5 D_x log(MSE per
+  element) it is larger by the constant 0.5 D_x log D_x: same gradients and optimum, but
+  the value stays positive as long as the per-image SSE is above 1 (the per-element form
+  turns negative much earlier), which matters to ReduceLROnPlateau's relative threshold
+  on the validation loss.
 - ``learned``: SSE / (2 s2_x B) + 0.5 D_x log s2_x with a learned scalar log s2_x.
 - ``mse``: plain MSE (the VQ-VAE baseline).
 
@@ -60,13 +64,17 @@ def vmf_log_normalizer(p: int, kappa: Tensor) -> Tensor:
 
 
 def image_recon(kind: str, out: Tensor, x: Tensor, log_var_x: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(reconstruction term per item, MSE per element) for images out, x [B, C, H, W]."""
+    """(reconstruction term per item, MSE per element) for images out, x [B, C, H, W].
+
+    ``arelbo``: 0.5 D_x log(SSE / B) (sony/sqvae vision/model.py); the returned MSE is
+    per element, SSE / (B D_x), whatever the kind.
+    """
     batch = x.shape[0]
     d_x = x[0].numel()
     sse = (out.float() - x.float()).square().sum()
     mse = sse / (batch * d_x)
     if kind == "arelbo":
-        recon = 0.5 * d_x * torch.log(mse)
+        recon = 0.5 * d_x * torch.log(sse / batch)
     elif kind == "learned":
         assert log_var_x is not None
         recon = sse / (2 * torch.exp(log_var_x) * batch) + 0.5 * d_x * log_var_x

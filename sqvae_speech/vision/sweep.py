@@ -11,7 +11,9 @@ from ..errors import SQVAEError
 from ..fileio import atomic_path
 
 NAMES = {"gaussian_1": "Gaussian SQ-VAE (I)", "gaussian_2": "Gaussian SQ-VAE (II)", "gaussian_3": "Gaussian SQ-VAE (III)",
-         "gaussian_4": "Gaussian SQ-VAE (IV)", "vmf": "vMF SQ-VAE", "vqvae_ema": "VQ-VAE w/ EMA"}
+         "gaussian_4": "Gaussian SQ-VAE (IV)", "gaussian_fixed": "Gaussian SQ-VAE (fixed sigma^2)", "vmf": "vMF SQ-VAE",
+         "vqvae_ema": "VQ-VAE w/ EMA", "vqvae_ema_reset": "VQ-VAE w/ EMA + reset", "vq_kmeans": "VQ (k-means, EMA)",
+         "fsq": "FSQ", "vae": "VAE (continuous)"}
 
 
 def load_sweep(exp_dirs: list[str], split: str = "test") -> list[dict]:
@@ -32,14 +34,16 @@ def _fmt(v: float | None, spec: str, scale: float = 1.0) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """Markdown: set perplexity per model and K, then one line per experiment."""
+    """Markdown: set perplexity per model and K, then one line per experiment (n/a where a
+    model has no codes: the continuous VAE)."""
     ks = sorted({r["num_codes"] for r in rows})
     variants = sorted({r["variant"] for r in rows}, key=lambda v: list(NAMES).index(v) if v in NAMES else 99)
     by = {(r["variant"], r["num_codes"]): r for r in rows}
     lines = ["| set perplexity (used codes) | " + " | ".join(f"K={k}" for k in ks) + " |",
              "|---|" + "---:|" * len(ks)]
     for v in variants:
-        cells = [f"{by[v, k]['set_perplexity']:.1f} ({by[v, k]['used_codes']})" if (v, k) in by else "" for k in ks]
+        cells = [f"{_fmt(by[v, k]['set_perplexity'], '.1f')} ({by[v, k]['used_codes']})" if (v, k) in by else ""
+                 for k in ks]
         lines.append(f"| {NAMES.get(v, v)} | " + " | ".join(cells) + " |")
     # quality columns only for what the rows measure: MSE (images), accuracy and mIoU (label maps)
     extra = [(name, key, spec, scale) for name, key, spec, scale in
@@ -48,8 +52,8 @@ def sweep_table(rows: list[dict]) -> str:
     head = ["model", "K", "checkpoint step", "set perplexity", "used codes", "batch perplexity", *[e[0] for e in extra], "images"]
     lines += ["", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
-        cells = [NAMES.get(r["variant"], r["variant"]), str(r["num_codes"]), str(r["step"]), f"{r['set_perplexity']:.1f}",
-                 str(r["used_codes"]), f"{r['batch_perplexity']:.1f}",
+        cells = [NAMES.get(r["variant"], r["variant"]), str(r["num_codes"]), str(r["step"]), _fmt(r["set_perplexity"], ".1f"),
+                 str(r["used_codes"]), _fmt(r["batch_perplexity"], ".1f"),
                  *[_fmt(r.get(key), spec, scale) for _, key, spec, scale in extra], str(r["num_images"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -64,10 +68,13 @@ def plot_sweep(rows: list[dict], out: str | Path, title: str = "") -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
-    ks = sorted({r["num_codes"] for r in rows})
+    ks = sorted({r["num_codes"] for r in rows if r["num_codes"] > 0})
     ax.plot(ks, ks, "k--", lw=1, label="bound (K)")
     for v in sorted({r["variant"] for r in rows}):
-        pts = sorted((r["num_codes"], r["set_perplexity"]) for r in rows if r["variant"] == v)
+        pts = sorted((r["num_codes"], r["set_perplexity"]) for r in rows
+                     if r["variant"] == v and r["set_perplexity"] is not None and r["num_codes"] > 0)
+        if not pts:  # no codes (VAE): nothing to plot
+            continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=NAMES.get(v, v))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)

@@ -38,7 +38,7 @@ from ..checkpoint import (
 from ..config import config_diff, dump_yaml
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..fileio import atomic_torch_save, atomic_write_text
-from .config import VisionConfig
+from .config import VisionConfig, upgrade_vision_config
 from .datasets import load_splits
 from .models import VisionLoss, VisionSQVAE, describe
 
@@ -139,9 +139,18 @@ def _check_finite(value: torch.Tensor, what: str, step: int, last: Path | None) 
                              f"{where}. Lower train.lr or check the images for NaN")
 
 
-def _same_setup(saved: dict[str, Any], requested: VisionConfig, path: Path) -> None:
-    diffs = config_diff(saved, requested.to_dict(), sections=("model",))
-    diffs += config_diff(saved, requested.to_dict(), sections=("data",), ignore=("data.root",))
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path) -> VisionConfig:
+    """The config a vision checkpoint carries, flat quantizer keys of the first release
+    upgraded (:func:`~sqvae_speech.vision.config.upgrade_vision_config`)."""
+    try:
+        return VisionConfig.from_dict(upgrade_vision_config(ckpt["config"]), where=str(path))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} carries a config this version cannot read: {e}") from None
+
+
+def _same_setup(saved: VisionConfig, requested: VisionConfig, path: Path) -> None:
+    old, new = saved.to_dict(), requested.to_dict()
+    diffs = config_diff(old, new, sections=("model",)) + config_diff(old, new, sections=("data",), ignore=("data.root",))
     if diffs:
         lines = "\n  ".join(diffs)
         raise CheckpointError(f"the requested config does not match checkpoint {path}:\n  {lines}\n"
@@ -165,7 +174,7 @@ def train(cfg: VisionConfig, exp_dir: str | Path, resume: bool = False, device: 
         ckpt = load_checkpoint(latest)
         if ckpt.get("kind") != KIND:
             raise CheckpointError(f"{latest} is not a vision checkpoint")
-        _same_setup(ckpt["config"], cfg, latest)
+        _same_setup(checkpoint_config(ckpt, latest), cfg, latest)
 
     splits = load_splits(cfg.data)
     n_train = len(splits["train"])  # type: ignore[arg-type]
@@ -276,10 +285,7 @@ def load_vision_model(exp_or_ckpt: str | Path, which: str = "best",
     ckpt = load_checkpoint(path, map_location)
     if ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a vision checkpoint (made by `sqvae-speech train`?)")
-    try:
-        cfg = VisionConfig.from_dict(ckpt["config"], where=str(path))
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path} carries a config this version cannot read: {e}") from None
+    cfg = checkpoint_config(ckpt, path)
     model = VisionSQVAE(cfg.model)
     try:
         model.load_state_dict(ckpt["model"])

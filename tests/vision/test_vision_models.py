@@ -10,7 +10,7 @@ import torch
 
 from sqvae_speech.errors import ConfigError
 from sqvae_speech.quantizers import VQEMA
-from sqvae_speech.vision.config import VARIANTS, VisionModelConfig, resolve_config
+from sqvae_speech.vision.config import PAPER_VARIANTS, VisionModelConfig, resolve_config
 from sqvae_speech.vision.likelihoods import (
     image_recon,
     iou_from_confusion,
@@ -20,6 +20,7 @@ from sqvae_speech.vision.likelihoods import (
 from sqvae_speech.vision.models import VisionSQVAE
 
 NETS = {"28": (1, 28, 7), "32": (3, 32, 8), "64": (3, 64, 16), "64label": (19, 64, 8)}
+Q16 = {"num_embeddings": 16, "embedding_dim": 8}
 
 
 def batch_for(net: str, b: int = 3, seed: int = 0) -> torch.Tensor:
@@ -31,11 +32,11 @@ def batch_for(net: str, b: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("net", list(NETS))
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
 def test_forward_backward_every_variant_and_net(net: str, variant: str) -> None:
     torch.manual_seed(0)
     ch, size, lat = NETS[net]
-    cfg = VisionModelConfig(variant=variant, net=net, channels=ch, num_rb=2, num_embeddings=16, embedding_dim=8)
+    cfg = VisionModelConfig(variant=variant, net=net, channels=ch, num_rb=2, quantizer=Q16)
     model = VisionSQVAE(cfg)
     x = batch_for(net)
     out = model(x, temperature=0.7)
@@ -73,8 +74,7 @@ def test_forward_backward_every_variant_and_net(net: str, variant: str) -> None:
 def test_linear_space_variances_match_the_paper(variant: str, reduce: tuple | None) -> None:
     """sigma^2 = exp(mean of the log-var map over C,H,W (II) / over C (III) / none (IV)) + exp(scalar)."""
     torch.manual_seed(1)
-    cfg = VisionModelConfig(variant=variant, net="28", channels=1, num_embeddings=16, embedding_dim=8,
-                            init_log_var=math.log(10.0))
+    cfg = VisionModelConfig(variant=variant, net="28", channels=1, quantizer={**Q16, "init_log_var": math.log(10.0)})
     model = VisionSQVAE(cfg)
     _, log_var = model.encoder(batch_for("28", 2))  # [B, D, 7, 7]
     ref = log_var if reduce is None else log_var.mean(dim=reduce, keepdim=True)
@@ -83,8 +83,13 @@ def test_linear_space_variances_match_the_paper(variant: str, reduce: tuple | No
     got = model.quantizer.log_variance(seq, None, 2, 49)  # [B, 1|49, 1|D]
     ref_seq = ref.expand(2, ref.shape[1], 7, 7).flatten(2).transpose(1, 2)
     assert torch.allclose(got.expand(2, 49, ref_seq.shape[-1]), ref_seq, atol=1e-5)
-    g1 = VisionSQVAE(VisionModelConfig(variant="gaussian_1", num_embeddings=16, embedding_dim=8, init_log_var=math.log(20.0)))
-    assert float(g1.quantizer.log_variance(None, None, 2, 49).detach()) == pytest.approx(math.log(20.0))
+    # gaussian_1: the log-variance is fixed at 0, sigma^2 = exp(0) + exp(scalar) (sony/sqvae vision/model.py)
+    g1 = VisionSQVAE(VisionModelConfig(variant="gaussian_1", quantizer={**Q16, "init_log_var": math.log(20.0)}))
+    assert g1.quantizer.variant == "I" and g1.quantizer.var_space == "linear"
+    _, none = g1.encoder(batch_for("28", 2))
+    assert none is None
+    got = g1.quantizer.log_variance(none, None, 2, 49).detach().expand(2, 49, 1)
+    assert torch.allclose(got, torch.full_like(got, math.log(21.0)))
 
 
 def test_arelbo_and_vq_losses() -> None:
@@ -92,13 +97,14 @@ def test_arelbo_and_vq_losses() -> None:
     out = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     recon, mse = image_recon("arelbo", out, x, None)
     assert float(mse) == pytest.approx(float(((out - x) ** 2).mean()), rel=1e-6)
-    assert float(recon) == pytest.approx(0.5 * 784 * math.log(float(mse)), rel=1e-6)
+    # sony/sqvae vision/model.py: 0.5 D_x log(SSE / B), i.e. 0.5 D_x log(MSE) + 0.5 D_x log D_x
+    assert float(recon) == pytest.approx(0.5 * 784 * math.log(float(mse) * 784), rel=1e-6)
     recon_l, _ = image_recon("learned", out, x, torch.tensor(math.log(0.1)))
     sse = float(((out - x) ** 2).sum())
     assert float(recon_l) == pytest.approx(sse / (2 * 0.1 * 4) + 0.5 * 784 * math.log(0.1), rel=1e-5)
 
     torch.manual_seed(0)
-    model = VisionSQVAE(VisionModelConfig(variant="vqvae_ema", num_embeddings=16, embedding_dim=8))
+    model = VisionSQVAE(VisionModelConfig(variant="vqvae_ema", quantizer=Q16))
     model.eval()
     x = batch_for("28", 2)
     with torch.no_grad():
@@ -122,7 +128,7 @@ def test_vmf_normalizer_and_bessel_gradient() -> None:
 
 def test_vmf_label_likelihood_prefers_the_right_class() -> None:
     torch.manual_seed(0)
-    model = VisionSQVAE(VisionModelConfig(variant="vmf", net="64label", channels=19, num_embeddings=16, embedding_dim=8))
+    model = VisionSQVAE(VisionModelConfig(variant="vmf", net="64label", channels=19, quantizer=Q16))
     y = batch_for("64label", 2)
     good = torch.nn.functional.one_hot(y, 19).permute(0, 3, 1, 2).float() * 5
     bad = torch.roll(good, 1, dims=1)
@@ -143,7 +149,7 @@ def test_iou_from_confusion() -> None:
 
 
 def test_input_and_config_errors() -> None:
-    model = VisionSQVAE(VisionModelConfig(num_embeddings=16, embedding_dim=8))
+    model = VisionSQVAE(VisionModelConfig(quantizer=Q16))
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
         model(torch.rand(2, 1, 32, 32))
     with pytest.raises(ConfigError, match="variant"):
@@ -151,8 +157,9 @@ def test_input_and_config_errors() -> None:
     with pytest.raises(ConfigError, match="needs model.net=32"):
         resolve_config(None, ["model.net=28", "model.channels=1"], dataset="cifar10")
     cfg = resolve_config(None, [], dataset="celeba", variant="gaussian_3")
-    assert (cfg.model.net, cfg.model.channels, cfg.model.num_rb, cfg.model.num_embeddings) == ("64", 3, 6, 512)
-    assert cfg.model.init_log_var == pytest.approx(math.log(20.0)) and cfg.train.epochs == 70
+    assert (cfg.model.net, cfg.model.channels, cfg.model.num_rb, cfg.model.quantizer["num_embeddings"]) == ("64", 3, 6, 512)
+    assert cfg.model.quantizer["init_log_var"] == pytest.approx(math.log(20.0)) and cfg.train.epochs == 70
     cfg = resolve_config(None, [], dataset="celebamask_hq")
     assert cfg.model.variant == "vmf" and cfg.model.recon_kind == "vmf" and cfg.model.net == "64label"
-    assert resolve_config(None, [], dataset="mnist").model.num_embeddings == 128
+    assert cfg.model.quantizer["num_embeddings"] == 64 and "init_log_var" not in cfg.model.quantizer
+    assert resolve_config(None, [], dataset="mnist").model.quantizer["num_embeddings"] == 128

@@ -16,8 +16,8 @@ from sqvae_speech.vision.config import resolve_config
 from sqvae_speech.vision.evaluate import evaluate
 from sqvae_speech.vision.train import load_vision_model, train
 
-SMALL = ["data.train_limit=640", "data.val_limit=64", "data.test_limit=96", "model.num_embeddings=32",
-         "model.embedding_dim=16", "train.log_every=5"]
+SMALL = ["data.train_limit=640", "data.val_limit=64", "data.test_limit=96", "model.quantizer.num_embeddings=32",
+         "model.quantizer.embedding_dim=16", "train.log_every=5"]
 
 
 def records(exp: Path, split: str) -> list[dict]:
@@ -38,7 +38,7 @@ def test_training_on_real_fashion_mnist_lowers_the_loss(vision_env: Path, tmp_pa
     assert all(r["lr"] == 1e-3 for r in val)
 
     ckpt = torch.load(max((exp / "checkpoints").glob("ckpt-*.pt")), weights_only=True)
-    assert ckpt["step"] == 45 and ckpt["kind"] == "vision" and ckpt["config"]["model"]["num_embeddings"] == 32
+    assert ckpt["step"] == 45 and ckpt["kind"] == "vision" and ckpt["config"]["model"]["quantizer"]["num_embeddings"] == 32
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "epoch", "position"}
     best = torch.load(exp / "best.pt", weights_only=True)
     assert best["best_val_loss"] == pytest.approx(min(r["loss"] for r in val), rel=1e-5)
@@ -73,7 +73,7 @@ def test_resume_equals_an_uninterrupted_run(vision_env: Path, tmp_path: Path) ->
     for k in a:
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(Exception, match="num_embeddings"):
-        train(resolve_config(None, [*base, "train.max_steps=16", "model.num_embeddings=64"], variant="vqvae_ema"),
+        train(resolve_config(None, [*base, "train.max_steps=16", "model.quantizer.num_embeddings=64"], variant="vqvae_ema"),
               split, resume=True, progress=False)
 
 
@@ -83,8 +83,8 @@ def test_cli_train_evaluate_sweep_plot(vision_data: Path, tmp_path: Path, capsys
     for variant, k in (("gaussian_1", 16), ("vqvae_ema", 16), ("gaussian_1", 32)):
         exp = tmp_path / f"{variant}_K{k}"
         args = ["vision", "train", "--dataset", "mnist5k", "--variant", variant, "--exp", str(exp), "--data-root", root,
-                "--max-steps", "4", "--device", "cpu", "--no-progress", "--set", f"model.num_embeddings={k}",
-                "--set", "data.val_limit=32", "--set", "model.embedding_dim=8"]
+                "--max-steps", "4", "--device", "cpu", "--no-progress", "--set", f"model.quantizer.num_embeddings={k}",
+                "--set", "data.val_limit=32", "--set", "model.quantizer.embedding_dim=8"]
         assert cli_main(args) == 0
         assert cli_main(["vision", "evaluate", "--exp", str(exp), "--limit", "40", "--no-progress", "--no-grid"]) == 0
         exps.append(str(exp))
@@ -125,13 +125,14 @@ def test_vmf_on_label_maps_train_and_evaluate(tmp_path: Path) -> None:
             a[cy - 6 : cy - 2, cx - 8 : cx - 3] = 4
             a[cy - 6 : cy - 2, cx + 3 : cx + 8] = 5
             Image.fromarray(a).save(d / f"{i}.png")
-    cfg = resolve_config(None, [f"data.root={tmp_path / 'data'}", "train.max_steps=36", "train.batch_size=4", "train.num_workers=0",
-                                "model.num_embeddings=16", "model.embedding_dim=8"], dataset="celebamask_hq")
+    cfg = resolve_config(None, [f"data.root={tmp_path / 'data'}", "train.max_steps=100", "train.batch_size=4", "train.num_workers=0",
+                                "model.quantizer.num_embeddings=16", "model.quantizer.embedding_dim=8"], dataset="celebamask_hq")
     assert cfg.model.variant == "vmf" and cfg.model.recon_kind == "vmf"
     exp = tmp_path / "exp"
     train(cfg, exp, progress=False)
     r = evaluate(exp, split="test", device="cpu", progress=False)
-    # from chance (~1/19) to above the background's share after 36 small steps
+    # from chance (~1/19) to the background's share (0.81) after 100 small steps; the decoder's
+    # softplus output (sony/sqvae vision/configs/celebamask_vmf.yaml) starts slower than a linear one
     assert r.num_images == 3 and 0.5 < r.pixel_accuracy <= 1.0 and 0.0 < r.miou <= 1.0
     assert len(r.per_class_iou) == 19 and math.isnan(r.per_class_iou[18])  # class 18 never occurs
     assert math.isnan(r.mse) and 1 <= r.used_codes <= 16

@@ -1,9 +1,10 @@
-"""``sqvae-speech vision train | evaluate | sweep-plot``: the image experiments.
+"""``sqvae-speech vision train | evaluate | sweep-plot``: the image experiments
+(the library is :mod:`sqvae_speech.vision`).
 
 ::
 
     sqvae-speech vision train --dataset fashion_mnist --variant gaussian_1 --exp exp/g1 \\
-        --data-root DIR/fashion-mnist --set model.num_embeddings=64 --max-steps 3000
+        --data-root DIR/fashion-mnist --set model.quantizer.num_embeddings=64 --max-steps 3000
     sqvae-speech vision evaluate --exp exp/g1 --split test      # exp/g1/results_test.json + PNG grid
     sqvae-speech vision sweep-plot exp/sweep/* --out perplexity.png --table RESULTS.md
 """
@@ -30,12 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--config", help="YAML config (sections data/model/train) on top of the data set's paper defaults")
     t.add_argument("--dataset", help="mnist | fashion_mnist | mnist5k | cifar10 | celeba | celebamask_hq "
                                      "(default: the config's data.name, else fashion_mnist)")
-    t.add_argument("--variant", help="gaussian_1 | gaussian_2 | gaussian_3 | gaussian_4 | vmf | vqvae_ema")
+    t.add_argument("--variant", help="quantizer: gaussian_1..gaussian_4, vmf, vqvae_ema (the paper's), or any other "
+                                     "registry name (gaussian_fixed, vqvae_ema_reset, vq_kmeans, fsq, vae)")
     t.add_argument("--exp", required=True, help="experiment dir (config, checkpoints, metrics, best.pt)")
     t.add_argument("--data-root", help="folder of the data set (default: $SQVAE_VISION_DATA/<data set folder>)")
     t.add_argument("--epochs", type=int, help="overrides train.epochs")
     t.add_argument("--max-steps", type=int, help="overrides train.max_steps (0: whole epochs)")
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. model.quantizer.num_embeddings=64")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --exp")
     t.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -69,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False) and os.environ.get("SQVAE_NO_PROGRESS") != "1"
     if args.action == "train":
-        from .config import resolve_config
-        from .train import train
+        from ..vision.config import resolve_config
+        from ..vision.train import train
 
         _threads(args.threads)
         overrides = list(args.set)
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "evaluate":
         from ..errors import ConfigError
-        from .evaluate import describe_result, evaluate
+        from ..vision.evaluate import describe_result, evaluate
 
         _threads(args.threads)
         if args.out and len(args.exp) > 1:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             print(describe_result(r), flush=True)
         return 0
     from ..fileio import atomic_write_text
-    from .sweep import load_sweep, plot_sweep, sweep_table
+    from ..vision.sweep import load_sweep, plot_sweep, sweep_table
 
     rows = load_sweep(args.exps, args.split)
     table = sweep_table(rows)
