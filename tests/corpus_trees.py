@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,25 @@ import soundfile
 from sqvae_speech.data.audio import load_audio
 
 VOICES = ("cs-m", "cs-v", "nl-m", "nl-v")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # The paper's ZeroSpeech 2019 dB^2 list, as the recipe carries it.
-REFERENCE_EVAL_LIST = (Path(__file__).resolve().parents[1] / "recipes" / "zerospeech2019"
-                       / "zerospeech2019_english_mse_evaluation.json")
+REFERENCE_EVAL_LIST = RECIPES / "zerospeech2019" / "zerospeech2019_english_mse_evaluation.json"
+
+
+def copy_recipe(name: str, root: Path, *files: str) -> Path:
+    """A copy of ``recipes/<name>`` in ``root/recipe`` (run.sh, local/, conf/ and ``files``),
+    with the configs the recipes share (``recipes/conf``) in ``root/conf``, where the
+    copy's ``../conf`` finds them. Run it with ``SQVAE_ROOT`` set to this repository: its
+    data/, feats/ and exp/ land in the copy. Returns the copy's dir."""
+    recipe = root / "recipe"
+    recipe.mkdir(parents=True)
+    for file in ("run.sh", *files):
+        shutil.copy2(RECIPES / name / file, recipe / file)
+    for sub in ("local", "conf"):
+        if (RECIPES / name / sub).is_dir():
+            shutil.copytree(RECIPES / name / sub, recipe / sub)
+    shutil.copytree(RECIPES / "conf", root / "conf")
+    return recipe
 
 
 def voice_clips(sound_dir: Path, voice: str, count: int, min_s: float = 1.0, max_s: float = 3.5) -> list[Path]:

@@ -14,13 +14,15 @@ from conftest import tiny_experiment
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import FeatureConfig
 from sqvae_speech.data.audio import load_audio
-from sqvae_speech.data.datadir import write_datadir
+from sqvae_speech.data.datadir import read_datadir, write_datadir
 from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.data.features import logmel
 from sqvae_speech.errors import SQVAEError
 from sqvae_speech.synthesis.convert import (
     ConversionItem,
+    choose_speakers,
     make_conversion_list,
+    merge_datadirs,
     read_conversion_list,
     run_conversion,
     write_conversion_list,
@@ -58,6 +60,18 @@ def data(tmp_path_factory, speech_files) -> Path:
 
 
 @pytest.fixture(scope="module")
+def two_dirs(data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The utterances of ``data`` in two data dirs: cs-m's, then nl-v's."""
+    root, dd = tmp_path_factory.mktemp("two"), read_datadir(data)
+    dirs = []
+    for spk in ("cs-m", "nl-v"):
+        utts = dd.spk2utt[spk]
+        write_datadir(root / spk, {u: dd.wav_scp[u] for u in utts}, {u: spk for u in utts})
+        dirs.append(root / spk)
+    return dirs[0], dirs[1]
+
+
+@pytest.fixture(scope="module")
 def f0_stats(data: Path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("f0") / "f0.json"
     write_f0_stats(path, compute_f0_stats(data, progress=False))
@@ -88,6 +102,71 @@ def test_conversion_lists(data: Path, tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(SQVAEError, match=match):
             read_conversion_list(path)
+
+
+def test_speaker_choice(two_dirs: tuple[Path, Path]) -> None:
+    """choose_speakers: the --speakers / --num-speakers / --targets / --num-targets /
+    --target-sources rules of `convert --make-list`, over two data dirs taken together."""
+    known = ["cs-m", "cs-v", "nl-m", "nl-v"]
+    dd = merge_datadirs(two_dirs)
+    assert dd.speakers == ["cs-m", "nl-v"] and len(dd.utterances) == 5
+    assert choose_speakers(dd, known) == (["cs-m", "nl-v"], ["cs-m", "nl-v"])  # every speaker the model knows
+    assert choose_speakers(dd, ["nl-v", "xx"]) == (["nl-v"], ["nl-v"])
+    # the first N speakers of the first dir
+    assert choose_speakers(merge_datadirs(two_dirs[::-1]), known, num_speakers=1) == (["nl-v"], ["nl-v"])
+    # the targets' own utterances as sources, after the others; one without any is a target only
+    assert choose_speakers(dd, known, speakers=["nl-v"], targets=["cs-v", "cs-m"], target_sources=True) == (
+        ["nl-v", "cs-m"], ["cs-v", "cs-m"])
+    assert choose_speakers(dd, known, num_targets=2, target_sources=True) == (["cs-m"], ["cs-m", "cs-v"])
+    assert choose_speakers(dd, known, speakers=["nl-v", "nl-v"], targets=["nl-m"]) == (["nl-v"], ["nl-m"])
+    for kwargs, match in (
+        ({"targets": ["p999"]}, f"'p999' is unknown to the model; known speakers: {SPEAKERS} .*not a target"),
+        ({"speakers": ["zz"]}, "source speaker.s. zz not in .*cs-m, .*nl-v .speakers: cs-m, nl-v."),
+        ({"targets": ["cs-v"], "target_sources": True}, "no source speaker: none of the targets .cs-v. has an utt"),
+        ({"num_speakers": -1}, "must be >= 0"),
+    ):
+        with pytest.raises(SQVAEError, match=match):
+            choose_speakers(dd, known, **kwargs)
+    # a model that knows none of them: every speaker is a source, to given targets
+    assert choose_speakers(dd, ["xx"], targets=["xx"]) == (["cs-m", "nl-v"], ["xx"])
+    with pytest.raises(SQVAEError, match="no target speaker: none of the source speakers .cs-m, nl-v. is known"):
+        choose_speakers(dd, ["xx"])
+    with pytest.raises(SQVAEError, match="cs-m_0, cs-m_1, cs-m_2 are in more than one of the data dirs"):
+        merge_datadirs([two_dirs[0], two_dirs[0]])
+    assert make_conversion_list(dd, per_speaker=1, speakers=["nl-v", "cs-m"], targets=["cs-v"]) == [
+        ConversionItem("nl-v_1", "cs-v", "nl-v_1__to__cs-v"), ConversionItem("cs-m_1", "cs-v", "cs-m_1__to__cs-v")]
+
+
+def test_make_list_computes_the_f0_statistics_it_needs(tiny_exp: Path, data: Path, two_dirs: tuple[Path, Path],
+                                                       tmp_path: Path, capsys) -> None:
+    """`convert --make-list A B ... --f0-data DATA`: one command for a recipe's stage 5."""
+    stats, out = tmp_path / "f0.json", tmp_path / "conv"
+    args = ["convert", "--exp", str(tiny_exp), "--make-list", *map(str, two_dirs), "--speakers", "nl-v",
+            "--targets", "cs-m", "--target-sources", "--per-speaker", "1", "--f0-stats", str(stats),
+            "--f0-data", str(data), "--f0-utts-per-speaker", "2", "--f0-norm", "utterance", "--out", str(out),
+            "--no-progress"]
+    # a target without utterances in --f0-data: an error before anything is computed or written
+    assert cli_main([*args, "--targets", "cs-v"]) == 2
+    assert "--f0-data" in capsys.readouterr().err and not stats.exists() and not out.exists()
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "sources: nl-v, cs-m; targets: cs-m; 2 items" in printed
+    assert f"{stats}: F0 statistics of cs-m, nl-v from {data} (harvest, 2 utterances per speaker)" in printed
+    f0 = json.loads(stats.read_text())
+    assert sorted(f0["speakers"]) == ["cs-m", "nl-v"] and f0["data"] == str(data.resolve())
+    assert [f0["speakers"][s]["utterances"] for s in ("cs-m", "nl-v")] == [2, 2]
+    items = json.loads((out / "conversion.json").read_text())["items"]
+    assert [(it["source"], it["target"]) for it in items] == [("nl-v_1", "cs-m"), ("cs-m_1", "cs-m")]
+    # the sources came from two dirs: the ones converted are written as one, the --data of list.txt
+    assert read_datadir(out / "data").utt2spk == {"cs-m_1": "cs-m", "nl-v_1": "nl-v"}
+    assert (out / "list.txt").read_text().splitlines() == ["nl-v_1 cs-m nl-v_1__to__cs-m", "cs-m_1 cs-m cs-m_1__to__cs-m"]
+    # a rerun reuses the statistics; Griffin-Lim needs none
+    stamp = stats.stat().st_mtime_ns
+    assert cli_main(args) == 0
+    assert f"{stats} holds the F0 statistics of cs-m, nl-v: reusing it" in capsys.readouterr().out
+    assert cli_main([*args, "--vocoder", "griffinlim", "--gl-iters", "4", "--out", str(tmp_path / "gl")]) == 0
+    assert "--vocoder griffinlim: no F0 statistics needed" in capsys.readouterr().out
+    assert stats.stat().st_mtime_ns == stamp
 
 
 def test_world_conversion_writes_a_listening_set(tiny_exp: Path, data: Path, f0_stats: Path, tmp_path: Path) -> None:

@@ -1,16 +1,16 @@
-"""The Fish Fillets corpus: scanning, data dir preparation, and recipe stages 0-2."""
+"""The Fish Fillets corpus: scanning, data dir preparation, and the recipe end to end (stages 0-6)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import soundfile
+from corpus_trees import copy_recipe
 
 from sqvae_speech.corpora import fishfillets as ff
 from sqvae_speech.data.datadir import read_datadir, validate_datadir
@@ -18,7 +18,6 @@ from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "fishfillets"
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +153,7 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     """Stages 0-4 on real speech: data dirs, features, two models trained, evaluated, compared."""
     # A copy of the recipe, so its data/ and feats/ land in tmp_path; SQVAE_ROOT points
     # it at this repository's tools and virtual environment.
-    recipe = tmp_path / "recipe"
-    recipe.mkdir()
-    for name in ("run.sh", "path.sh"):
-        shutil.copy2(RECIPE / name, recipe / name)
-    for name in ("local", "conf"):
-        if (RECIPE / name).is_dir():
-            shutil.copytree(RECIPE / name, recipe / name)
+    recipe = copy_recipe("fishfillets", tmp_path)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
     opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "6",
             "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml",
@@ -169,7 +162,10 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in range(7):
         assert f"Stage {stage}:" in r.stderr
-    assert (recipe / "data" / ".done").is_file()
+    record = json.loads((recipe / "data" / ".prepare.json").read_text())
+    assert record["corpus"] == "fishfillets" and record["corpus_dir"] == str(sound_dir.resolve())
+    assert (record["test_per_speaker"], record["max_utts_per_speaker"], record["include_minor"]) == (3, 6, False)
+    assert "data/test: 12 utterances, 4 speakers" in r.stdout and "OK" in r.stdout  # checked as validate-data does
     train = read_datadir(recipe / "data" / "train")
     test = read_datadir(recipe / "data" / "test")
     assert {spk: len(u) for spk, u in train.spk2utt.items()} == {spk: 6 for spk in ff.MAIN_SPEAKERS}
@@ -213,7 +209,7 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     # a rerun skips every finished stage and rewrites nothing (stage 6 is not repeated: slow)
     r = _run_recipe(recipe, *[("5" if a == "6" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "data/.done exists: skipping" in r.stderr
+    assert "data/.prepare.json: data is already prepared with these options: skipping" in r.stdout
     assert "feats/train/.done exists: skipping" in r.stderr
     assert "feats/test/.done exists: skipping" in r.stderr
     assert "exp/gaussian_4/.done exists: skipping" in r.stderr
@@ -225,7 +221,20 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     r = _run_recipe(recipe, "--corpus-dir", str(sound_dir), "--stop-stage", "1",
                     "--max-utts-per-speaker", "7", "--test-per-speaker", "3")
     assert r.returncode != 0
-    assert "remove data/ and feats/" in r.stderr
+    assert "max_utts_per_speaker 6 -> 7" in r.stderr and "data/.prepare.json" in r.stderr
+    assert "remove data/" in r.stderr and "feats/" in r.stderr
 
     r = _run_recipe(recipe, "--no-such-option", "1")
     assert r.returncode != 0 and "--max-utts-per-speaker" in r.stderr
+
+    # --seeds: one run per variant and seed, and one table row per variant, mean +- std
+    seeds = [*opts[:2], "--stage", "3", "--stop-stage", "4", "--config", "conf/tiny.yaml", "--max-utts-per-speaker",
+             "6", "--test-per-speaker", "3", "--variants", "gaussian_4 vq_kmeans", "--seeds", "0 1", "--exp", "exp_seeds"]
+    r = _run_recipe(recipe, *seeds)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for run, seed in (("gaussian_4_seed0", 0), ("gaussian_4_seed1", 1), ("vq_kmeans_seed0", 0), ("vq_kmeans_seed1", 1)):
+        assert json.loads((recipe / "exp_seeds" / run / "results.json").read_text())["seed"] == seed
+    table = (recipe / "exp_seeds" / "RESULTS.md").read_text()
+    assert "| Gaussian SQ-VAE (IV) | 2 (0, 1) | 12 |" in table and "| VQ, k-means init" in table and "+-" in table
+    r = _run_recipe(recipe, *seeds[:-4], "--seeds", "0 x")
+    assert r.returncode != 0 and "--seeds takes non-negative integers, not 'x'" in r.stderr

@@ -3,6 +3,7 @@ recipe end to end, on corpus trees in the real layouts filled with real speech."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from corpus_trees import make_vctk
+from corpus_trees import copy_recipe, make_vctk
 
 from sqvae_speech.cli import main as cli_main
 from sqvae_speech.config import ExperimentConfig, FeatureConfig, load_yaml
@@ -174,12 +175,49 @@ def test_cli_check_and_prepare(trees: dict[str, Path], tmp_path: Path, capsys: p
     assert read_datadir(tmp_path / "data" / "heldout").speakers == ["p226", "p227"]
 
 
+def test_prepare_records_its_options(trees: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """data/.prepare.json: the same options again skip, other ones stop with what to remove."""
+    monkeypatch.chdir(tmp_path)
+    opts = ["prepare", "vctk", str(trees["0.80"]), "data", "--test-per-speaker", "1", "--heldout-speakers", "p227",
+            "--no-progress"]
+    assert cli_main(opts) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "test", "heldout"):  # each dir written is checked, as validate-data does
+        assert f"data/{name}: " in out
+    assert out.count("OK") == 3
+    record = json.loads((tmp_path / "data" / ".prepare.json").read_text())
+    assert record == {"corpus": "vctk", "corpus_dir": str(trees["0.80"].resolve()), "vctk_version": "auto",
+                      "mic": "mic1", "test_per_speaker": 1, "heldout_speakers": ["p227"], "max_utts_per_speaker": 0}
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*")}
+
+    # the same options (the corpus named by another relative path, --nj differs): nothing to do
+    monkeypatch.chdir(trees["0.80"].parent)
+    assert cli_main([*opts[:2], trees["0.80"].name, str(tmp_path / "data"), *opts[4:], "--nj", "2"]) == 0
+    assert "data is already prepared with these options: skipping" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*")}
+
+    # other options: an error naming the difference, the record and what to remove; nothing rewritten
+    monkeypatch.chdir(tmp_path)
+    assert cli_main([*opts, "--max-utts-per-speaker", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "max_utts_per_speaker 0 -> 3" in err and "data/.prepare.json" in err and "remove data/" in err
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*")}
+    (tmp_path / "data" / ".prepare.json").write_text("{not json")
+    assert cli_main(opts) == 2
+    assert "data/.prepare.json cannot be read" in capsys.readouterr().err
+    # a finished run writes the record last: without it, the dirs are prepared again
+    (tmp_path / "data" / ".prepare.json").unlink()
+    assert cli_main(opts) == 0 and (tmp_path / "data" / ".prepare.json").is_file()
+
+
 @pytest.mark.parametrize("name", ["paper", "small"])
 def test_configs_parse(name: str) -> None:
-    cfg = ExperimentConfig.from_dict(load_yaml(RECIPE / "conf" / f"{name}.yaml"), where=name)
-    q = cfg.model.quantizer
-    assert (q.num_embeddings, q.embedding_dim, cfg.model.jitter, cfg.train.crop_frames) == (512, 64, 0.5, 32)
-    if name == "paper":  # the paper's setting, value for value (PROTOCOL.md)
+    cfg = ExperimentConfig.from_dict(load_yaml(REPO / "recipes" / "conf" / f"{name}.yaml"), where=name)
+    q = cfg.model.quantizer  # the quantizer's arguments (a dataclass in older configs)
+    q = q if isinstance(q, dict) else dataclasses.asdict(q)
+    assert (q["num_embeddings"], q["embedding_dim"], cfg.model.jitter, cfg.train.crop_frames) == (512, 64, 0.5, 32)
+    if name == "paper":  # the paper's setting, value for value (docs/PROTOCOL.md)
         t = cfg.train
         assert cfg.model.encoder.channels == 768 and cfg.model.decoder.hidden_size == 128
         assert (t.steps, t.batch_size, t.lr, t.milestones, t.gamma, t.grad_clip) == \
@@ -208,12 +246,7 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
     """Stages 0-6 on VCTK 0.92 (mic2) with p227 held out: data dirs, features, two models,
     the dB^2 table, Griffin-Lim conversion of seen and unseen speakers with a listening
     page, the ZeroSpeech export of data/test with its bitrate, and ABX with an item file."""
-    recipe = tmp_path / "recipe"
-    recipe.mkdir()
-    for name in ("run.sh", "path.sh"):
-        shutil.copy2(RECIPE / name, recipe / name)
-    for name in ("local", "conf"):
-        shutil.copytree(RECIPE / name, recipe / name)
+    recipe = copy_recipe("vctk", tmp_path)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
     # ABX items on the one test utterance (p225's): two tokens of a 'phone' a, one of b
     # (the audio does not hold these phones; the file only has to be well-formed)
@@ -255,9 +288,13 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
     # stage 5: the targets are the first training speakers (p225, p226); the sources their
     # held-out utterances (p226 has none) and the unseen speaker p227; Griffin-Lim needs
     # no F0 statistics
-    assert "--vocoder griffinlim: no F0 statistics needed" in r.stderr
+    assert "sources: p227, p225; targets: p225, p226; 4 items" in r.stdout
+    assert "--vocoder griffinlim: no F0 statistics needed" in r.stdout
     assert not (recipe / "feats" / "train" / "f0_stats.json").exists()
     conv = recipe / "exp" / "gaussian_1" / "conversion"
+    # the sources come from two data dirs: the ones converted are written as one
+    assert read_datadir(conv / "data").speakers == ["p225", "p227"]
+    assert not (recipe / "data" / "convert").exists()
     manifest = json.loads((conv / "conversion.json").read_text())
     assert manifest["vocoder"] == "griffinlim"
     assert sorted((it["source_speaker"], it["target"]) for it in manifest["items"]) == [
@@ -295,15 +332,16 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
     # a held-out (or unknown) speaker cannot be a target: the model has no embedding for it
     r = _run_recipe(recipe, *opts, "--stage", "5", "--convert-speakers", "p225,p227")
     assert r.returncode != 0
-    assert "--convert-speakers: 'p227' is not a training speaker" in r.stderr and "only those: p225 p226" in r.stderr
+    assert "target speaker 'p227' is unknown to the model; known speakers: p225, p226" in r.stderr
+    assert "can be a source, not a target" in r.stderr
 
     # a rerun skips the finished stages; other options do not reuse data/ silently
     r = _run_recipe(recipe, *opts, "--stop-stage", "3")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "data/.done exists: skipping" in r.stderr and "feats/test/.done exists: skipping" in r.stderr
-    assert "exp/vqvae_ema/.done exists: skipping" in r.stderr
+    assert "data is already prepared with these options: skipping" in r.stdout
+    assert "feats/test/.done exists: skipping" in r.stderr and "exp/vqvae_ema/.done exists: skipping" in r.stderr
     r = _run_recipe(recipe, *opts[:-4], "--stop-stage", "1", "--mic", "mic1")
-    assert r.returncode != 0 and "remove data/ and feats/" in r.stderr
+    assert r.returncode != 0 and 'mic "mic2" -> "mic1"' in r.stderr and "remove data/" in r.stderr
     r = _run_recipe(recipe, "--stop-stage", "1")
     assert r.returncode != 0 and "--corpus-dir is required" in r.stderr and "datashare" in r.stderr
     r = _run_recipe(recipe, "--corpus-dir", str(tmp_path / "nowhere"), "--stop-stage", "0")

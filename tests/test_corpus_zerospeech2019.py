@@ -3,6 +3,7 @@ and the recipe end to end, on corpus trees in the real layout filled with real s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import soundfile
 from corpus_trees import (
     REFERENCE_EVAL_LIST,
+    copy_recipe,
     make_zerospeech2019,
     reference_eval_items,
     voice_clips,
@@ -163,10 +165,11 @@ def test_cli_check(corpus: Path, eval_list: Path, capsys: pytest.CaptureFixture)
 
 @pytest.mark.parametrize("name", ["paper", "small"])
 def test_configs_parse(name: str) -> None:
-    cfg = ExperimentConfig.from_dict(load_yaml(RECIPE / "conf" / f"{name}.yaml"), where=name)
-    q = cfg.model.quantizer
-    assert (q.num_embeddings, q.embedding_dim, cfg.model.jitter, cfg.train.crop_frames) == (512, 64, 0.5, 32)
-    if name == "paper":  # the paper's setting, value for value (PROTOCOL.md)
+    cfg = ExperimentConfig.from_dict(load_yaml(REPO / "recipes" / "conf" / f"{name}.yaml"), where=name)
+    q = cfg.model.quantizer  # the quantizer's arguments (a dataclass in older configs)
+    q = q if isinstance(q, dict) else dataclasses.asdict(q)
+    assert (q["num_embeddings"], q["embedding_dim"], cfg.model.jitter, cfg.train.crop_frames) == (512, 64, 0.5, 32)
+    if name == "paper":  # the paper's setting, value for value (docs/PROTOCOL.md)
         t = cfg.train
         assert cfg.model.encoder.channels == 768 and cfg.model.decoder.hidden_size == 128
         assert (t.steps, t.batch_size, t.lr, t.milestones, t.gamma, t.grad_clip) == \
@@ -208,12 +211,7 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     """Stages 0-6: data dirs, features, two models, the dB^2 table on the (reduced) list,
     WORLD conversion of the test speakers to V001 / V002 with a listening page, the
     submission layout of english/test with its bitrate, and ABX with an item file."""
-    recipe = tmp_path / "recipe"
-    recipe.mkdir()
-    for name in ("run.sh", "path.sh", REFERENCE_EVAL_LIST.name):
-        shutil.copy2(RECIPE / name, recipe / name)
-    for name in ("local", "conf"):
-        shutil.copytree(RECIPE / name, recipe / name)
+    recipe = copy_recipe("zerospeech2019", tmp_path, REFERENCE_EVAL_LIST.name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
     test_files = write_abx_items(tmp_path / "test.item", corpus / "english" / "test")
     assert [f.split("_")[0] for f in test_files] == ["S002", "S002", "S003", "S003"]
@@ -223,7 +221,8 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in range(7):
         assert f"Stage {stage}:" in r.stderr
-    assert "on the 4 utterances of data/eval_list.txt" in r.stderr
+    assert "on the paper's list (data/eval_list.txt)" in r.stderr
+    assert json.loads((recipe / "data" / ".prepare.json").read_text())["eval_list"] == str(eval_list.resolve())
     train = read_datadir(recipe / "data" / "train")
     assert train.speakers == ["S015", "S020", "V001", "V002"]
     for split in ("train", "eval", "test"):
@@ -243,8 +242,9 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     # utterance (the test speakers' and, as references, V001's and V002's held-out
     # recordings) decoded as V001 and as V002 with WORLD, on one page
     f0 = json.loads((recipe / "feats" / "train" / "f0_stats.json").read_text())
-    assert sorted(f0["speakers"]) == ["V001", "V002"]
-    assert (recipe / "feats" / "train" / ".f0_stats.done").read_text().split() == ["V001", "V002"]
+    assert sorted(f0["speakers"]) == ["V001", "V002"] and f0["data"] == str((recipe / "data" / "train").resolve())
+    assert "feats/train/f0_stats.json: F0 statistics of V001, V002 from data/train (harvest, 50 utterances" in r.stdout
+    assert "sources: S002, S003, V001, V002; targets: V001, V002; 8 items" in r.stdout
     conv = recipe / "exp" / "gaussian_1" / "conversion"
     manifest = json.loads((conv / "conversion.json").read_text())
     assert manifest["vocoder"] == "world" and manifest["f0_norm"] == "utterance"
@@ -295,11 +295,11 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("0 file(s) written, 4 already there") == 2
     assert "ABX skipped: no --abx-item" in r.stderr and "--abx-item FILE" in r.stderr
-    # a target speaker the model was not trained on: a clear error from the recipe, and
-    # from `convert` itself
+    # a target speaker the model was not trained on: a clear error from `convert`, in the
+    # recipe and by itself
     r = _run_recipe(recipe, *opts, "--stage", "5", "--stop-stage", "5", "--convert-targets", "V001 V003")
     assert r.returncode != 0
-    assert "--convert-targets: 'V003' is not a training speaker" in r.stderr and "S015 S020 V001 V002" in r.stderr
+    assert "target speaker 'V003' is unknown to the model; known speakers: S015, S020, V001, V002" in r.stderr
     assert cli_main(["convert", "--exp", str(recipe / "exp" / "gaussian_1"), "--make-list", str(recipe / "data" / "test"),
                      "--targets", "V001,V003", "--vocoder", "griffinlim", "--out", str(tmp_path / "conv")]) == 2
     assert "target speaker 'V003' is unknown to the model; known speakers: S015, S020, V001, V002" in capsys.readouterr().err
@@ -311,7 +311,8 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     # naming the missing files, before anything is written
     r = _run_recipe(recipe, *opts, "--stop-stage", "2")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "data/.done exists: skipping" in r.stderr and "feats/eval/.done exists: skipping" in r.stderr
+    assert "data is already prepared with these options: skipping" in r.stdout
+    assert "feats/eval/.done exists: skipping" in r.stderr
     r = _run_recipe(recipe, "--corpus-dir", str(corpus), "--stop-stage", "1")
     assert r.returncode != 0 and "186 file(s) of the evaluation list" in r.stderr
     assert "V001_0000000114.wav" in r.stderr

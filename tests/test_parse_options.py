@@ -1,4 +1,4 @@
-"""tools/parse_options.sh and tools/log.sh, driven through a small bash script."""
+"""tools/parse_options.sh, tools/log.sh and tools/recipe_helpers.sh, driven through small bash scripts."""
 
 from __future__ import annotations
 
@@ -136,3 +136,83 @@ def test_log_prints_time_and_script_to_stderr(script: Path) -> None:
     assert "(demo.sh:" in line
     assert line[:4].isdigit() and line[4] == "-"  # starts with the date
     assert "finished" not in r.stdout
+
+
+DRIVER = """# options shared by several recipes, declared once here
+shared_opt=1       # a shared option
+stage=0            # first stage to run
+. {tools}/parse_options.sh
+. {tools}/log.sh
+"""
+
+OUTER = """#!/usr/bin/env bash
+set -euo pipefail
+corpus=abc         # the recipe's own option
+help_message="Usage: outer.sh [options]"
+. {driver}
+echo "corpus=$corpus"
+echo "shared_opt=$shared_opt"
+echo "stage=$stage"
+"""
+
+
+@pytest.fixture(scope="module")
+def outer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recipe that declares its own options and sources a shared driver, which declares
+    the shared ones and sources parse_options.sh (as recipes/vctk/run.sh does)."""
+    d = tmp_path_factory.mktemp("chain")
+    (d / "driver.sh").write_text(DRIVER.format(tools=REPO / "tools"))
+    path = d / "outer.sh"
+    path.write_text(OUTER.format(driver=d / "driver.sh"))
+    path.chmod(0o755)
+    return path
+
+
+def test_options_of_a_sourced_driver_and_its_caller(outer: Path) -> None:
+    r = run(outer, "--shared-opt", "5", "--corpus=x", "--stage", "2")
+    assert r.returncode == 0, r.stderr
+    assert values(r.stdout) == {"corpus": "x", "shared_opt": "5", "stage": "2"}
+    r = run(outer, "--help")
+    assert r.returncode == 0
+    lines = [line.split() for line in r.stdout.splitlines() if line.startswith("  --")]
+    # the caller's options first, then the driver's, each with its comment
+    assert [words[0] for words in lines] == ["--corpus", "--shared-opt", "--stage"]
+    assert "the recipe's own option" in r.stdout and "a shared option" in r.stdout
+    r = run(outer, "--nope", "1")
+    assert r.returncode == 1
+    assert "outer.sh: error: unknown option '--nope'. Valid options: --corpus --shared-opt --stage" in r.stderr
+
+
+HELPERS = """#!/usr/bin/env bash
+set -euo pipefail
+. {tools}/log.sh
+. {tools}/recipe_helpers.sh
+cd "$1"
+once a/.done echo ran-once
+once_with "opts $2" b/.done echo ran-with
+count=$3
+require_uint count
+mode=$4
+require_one_of mode fast slow
+once c/.done false
+"""
+
+
+def test_recipe_helpers(tmp_path: Path) -> None:
+    """once / once_with (.done markers), require_uint, require_one_of."""
+    script = tmp_path / "helpers.sh"
+    script.write_text(HELPERS.format(tools=REPO / "tools"))
+    script.chmod(0o755)
+    r = run(script, str(tmp_path), "x", "3", "fast")
+    assert r.returncode == 1  # the last `once`: its command fails, so no marker
+    assert r.stdout.splitlines() == ["ran-once", "ran-with"]
+    assert (tmp_path / "a" / ".done").is_file() and (tmp_path / "b" / ".done").read_text() == "opts x\n"
+    assert not (tmp_path / "c" / ".done").exists()
+    r = run(script, str(tmp_path), "x", "3", "fast")
+    assert r.stdout == "" and "a/.done exists: skipping" in r.stderr and "b/.done exists: skipping" in r.stderr
+    r = run(script, str(tmp_path), "y", "3", "fast")
+    assert r.returncode == 1 and "b/.done records 'opts x', not 'opts y': remove b" in r.stderr
+    r = run(script, str(tmp_path), "x", "-3", "fast")
+    assert r.returncode == 1 and "--count must be a non-negative integer, not '-3'" in r.stderr
+    r = run(script, str(tmp_path), "x", "3", "quick")
+    assert r.returncode == 1 and "--mode must be one of: fast slow; not 'quick'" in r.stderr

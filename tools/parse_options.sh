@@ -14,7 +14,10 @@
 # Which variables are options (help_message never is):
 # 1. every `name=value` line at the start of a line, with a lower-case name, in the
 #    calling script above the line that sources this file (read from BASH_SOURCE[1]);
-#    their comments (`name=value  # comment`, or the `#` lines right above) are shown
+#    when that script was itself sourced by another (a recipe's run.sh sourcing a shared
+#    driver that declares the shared options and sources this file), also those of each
+#    script up the chain, above its first line that sources a file; outermost first.
+#    Their comments (`name=value  # comment`, or the `#` lines right above) are shown
 #    by --help;
 # 2. every other lower-case shell variable that the script (or a file it sourced, such
 #    as path.sh) set before sourcing this file and did not export, i.e. that a fresh
@@ -28,8 +31,9 @@
 # ones), a missing value, and a non-boolean value for an option whose current value
 # is true or false (Kaldi's rule).
 
-_po_script=${BASH_SOURCE[1]:-${0}}
-_po_prog=${_po_script##*/}
+_po_chain=("${BASH_SOURCE[@]:1}")   # the calling script, then the one that sourced it, ...
+[[ ${#_po_chain[@]} -gt 0 ]] || _po_chain=("$0")
+_po_prog=${_po_chain[${#_po_chain[@]}-1]##*/}
 
 # Fills _po_names: options in declaration order (from the script's text), then any
 # others found only at run time, sorted; and _po_comment: name -> comment.
@@ -47,9 +51,14 @@ _po_discover() {
 
   declare -gA _po_comment=()
   _po_names=()
-  if [[ -r $_po_script ]]; then
+  local _po_i _po_script
+  for (( _po_i = ${#_po_chain[@]} - 1; _po_i >= 0; _po_i-- )); do
+    _po_script=${_po_chain[_po_i]}
+    [[ -r $_po_script ]] || continue
+    _po_pending=""
     while IFS= read -r _po_line || [[ -n $_po_line ]]; do
       [[ $_po_line == *parse_options.sh* && $_po_line != \#* ]] && break
+      [[ $_po_line =~ ^[[:space:]]*(\.|source)[[:space:]] ]] && break
       if [[ $_po_line =~ ^[[:space:]]*#[[:space:]]?(.*)$ ]]; then
         _po_pending="${_po_pending:+$_po_pending }${BASH_REMATCH[1]}"
         continue
@@ -65,7 +74,7 @@ _po_discover() {
       fi
       _po_pending=""
     done < "$_po_script"
-  fi
+  done
   for _po_n in "${_po_runtime[@]}"; do
     _po_in_list "$_po_n" "${_po_names[@]}" || _po_names+=("$_po_n")
   done
@@ -142,6 +151,6 @@ while [[ $# -gt 0 ]]; do
   printf -v "$_po_name" '%s' "$_po_value"
 done
 
-unset -v _po_opt _po_value _po_name _po_script _po_prog _po_runtime _po_names _po_comment
+unset -v _po_opt _po_value _po_name _po_chain _po_prog _po_runtime _po_names _po_comment
 unset -f _po_discover _po_in_list _po_is_option _po_option_list _po_help _po_fail
 true
