@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["sqvae_speech", "sqvae_speech.*"]),
     package_data={"sqvae_speech": ["resources/*.txt"]},
     install_requires=[
-        "torch>=2.2,<3",
+        "torch>=2.4,<3",  # fused Adam on CPU, torch.is_autocast_enabled(device)
         "numpy>=1.24,<3",
         "scipy>=1.10,<2",
         "librosa>=0.10,<0.12",

@@ -1,5 +1,5 @@
 """Re-implementations of the reference formulation (the authors' speech SQ-VAE code, as
-PROTOCOL.md describes it), written plainly so the benchmarks can run it next to ours.
+docs/PROTOCOL.md describes it), written plainly so the benchmarks can run it next to ours.
 
 What "the reference formulation" means here, part by part:
 
@@ -207,7 +207,7 @@ def reference_from_ours(model: nn.Module) -> RefSQVAE:
     if cfg.n_mels != 80 or d.num_layers != 2 or cfg.recon_kind != "arelbo":
         raise ValueError("the reference formulation has 80 mel bands, a 2-layer GRU decoder and the arelbo "
                          f"reconstruction; this model has {cfg.n_mels}, {d.num_layers} and {cfg.recon_kind}")
-    ref = RefSQVAE(cfg.variant, len(cfg.speakers), cfg.encoder.channels, q.num_embeddings, q.embedding_dim,
+    ref = RefSQVAE(cfg.variant, len(cfg.speakers), cfg.encoder.channels, q["num_embeddings"], q["embedding_dim"],
                    cfg.jitter, d.speaker_embedding_dim, d.hidden_size)
     ours = model.state_dict()
     mapped: dict[str, Tensor] = {}

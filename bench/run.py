@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     info["total_seconds"] = round(time.perf_counter() - t_start, 1)
     from sqvae_speech.fileio import atomic_write_json
 
-    atomic_write_json(args.out, {"machine": info, "args": {k: v for k, v in vars(args).items()},
+    # The output path is recorded relative to the repository: results.json is committed,
+    # and no path of the machine that ran it belongs in the repository.
+    recorded = {k: (os.path.relpath(v, HERE.parent) if k == "out" else v) for k, v in vars(args).items()}
+    atomic_write_json(args.out, {"machine": info, "args": recorded,
                                  "failed_benchmarks": errors, "results": [r.to_dict() for r in results]})
     print()
     print(table(results))

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
-from .config import ExperimentConfig, config_diff
+from .config import ExperimentConfig, config_diff, upgrade_config
 from .errors import CheckpointError, DiskFullError, SQVAEError
 from .fileio import atomic_torch_save
 
 FORMAT = "sqvae-speech-checkpoint"
-VERSION = 1
+# 2: model.quantizer holds the variant's constructor arguments (config.upgrade_config reads 1)
+VERSION = 2
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -134,7 +135,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ExperimentConfig:
     try:
-        return ExperimentConfig.from_dict(ckpt["config"], where=str(path))
+        data = upgrade_config(ckpt["config"], int(ckpt.get("version", 1)))
+        return ExperimentConfig.from_dict(data, where=str(path))
     except SQVAEError as e:
         raise CheckpointError(f"checkpoint {path} carries a config this version cannot read: {e}") from None
 

@@ -50,7 +50,10 @@ class ConfigBase:
             elif isinstance(value, list) and _is_tuple(hints[name]):
                 value = tuple(value)
             kwargs[name] = value
-        obj = cls(**kwargs)
+        try:
+            obj = cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") from None
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in kwargs and _dataclass_of(hints[f.name]) is None:
                 value = _coerce(getattr(obj, f.name), hints[f.name], f"{prefix}'{f.name}' in section '{cls.__name__}'")
@@ -69,6 +72,12 @@ def _coerce(value: Any, hint: Any, what: str) -> Any:
     ``tuple[X, ...]``); a float field also takes an int or a numeric string (YAML 1.1 reads
     ``4e-4`` as a string). A value of another type is a :class:`ConfigError`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict or hint is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{what} must be a mapping, got {value!r}")
+        return dict(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -123,7 +132,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig(ConfigBase):
-    """Log-mel features of the reference protocol (PROTOCOL.md, "Speech features")."""
+    """Log-mel features of the reference protocol (docs/PROTOCOL.md, "Speech features")."""
 
     sample_rate: int = 16000
     n_fft: int = 2048
@@ -147,63 +156,95 @@ class FeatureConfig(ConfigBase):
         _check(self.pad_mode in ("reflect", "constant"), "features.pad_mode: reflect or constant")
 
 
-VARIANTS = ("gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vqvae_ema")
-
-
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(ConfigBase):
+    """Arguments of :class:`~sqvae_speech.nets.speech.SpeechEncoder` that a config sets (the
+    model supplies ``in_channels`` = n_mels and ``out_channels`` from the quantizer)."""
+
     channels: int = 768
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig(ConfigBase):
+    """Arguments of :class:`~sqvae_speech.nets.speech.SpeechDecoder` that a config sets (the
+    model supplies ``in_channels``, ``n_speakers`` and ``n_mels``)."""
+
     speaker_embedding_dim: int = 64
     hidden_size: int = 128
     num_layers: int = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class QuantizerConfig(ConfigBase):
-    num_embeddings: int = 512
-    embedding_dim: int = 64
-    # Gaussian SQ: learned scalar added to the log-variance (speech: log space), init log 10.
-    init_log_var: float = math.log(10.0)
-    # VQ-VAE with EMA (baseline).
-    ema_decay: float = 0.999
-    ema_epsilon: float = 1e-5
-    commitment_cost: float = 0.25
-    reset_unused: bool = False
-
-    def validate(self) -> None:
-        _check(self.num_embeddings >= 2, f"quantizer.num_embeddings (K) must be >= 2, got {self.num_embeddings}")
-        _check(self.embedding_dim >= 1, f"quantizer.embedding_dim must be >= 1, got {self.embedding_dim}")
-        _check(0 < self.ema_decay < 1, f"quantizer.ema_decay must be in (0, 1), got {self.ema_decay}")
+# Speech defaults for the two arguments most quantizers share (paper: K 512, D 64).
+SPEECH_QUANTIZER_DEFAULTS: dict[str, Any] = {"num_embeddings": 512, "embedding_dim": 64}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(ConfigBase):
+    """The speech model. ``variant`` names a quantizer of the registry
+    (:data:`sqvae_speech.quantizers.QUANTIZERS`: gaussian_1..4, vqvae_ema, vq_kmeans, fsq,
+    ...); ``quantizer`` holds that class's constructor arguments, checked against its
+    signature. Missing arguments take the speech defaults (K 512, D 64) and then the
+    constructor's own defaults, so a validated config lists every argument the quantizer
+    was built with."""
+
     variant: str = "gaussian_4"
     n_mels: int = 80
     jitter: float = 0.5
     # Reconstruction term: "arelbo" (0.5 * D_x * log MSE), "learned" (learned decoder
     # variance) or "mse" (plain MSE, the VQ-VAE baseline of bshall/ZeroSpeech).
-    recon: str = "auto"  # auto: arelbo for Gaussian SQ, mse for vqvae_ema
+    recon: str = "auto"  # auto: the quantizer family's own (registry), arelbo for SQ, mse for VQ
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
-    quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
+    quantizer: dict[str, Any] = dataclasses.field(default_factory=dict)
     decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     # Speaker ids seen in training, in embedding order (filled in by `train`).
     speakers: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        from .quantizers.registry import get_quantizer
+
+        spec = get_quantizer(self.variant)
+        resolved = spec.resolve(self.quantizer, where="model.quantizer", defaults=SPEECH_QUANTIZER_DEFAULTS)
+        object.__setattr__(self, "quantizer", resolved)
+
     def validate(self) -> None:
-        _check(self.variant in VARIANTS, f"model.variant '{self.variant}' unknown; choose one of {', '.join(VARIANTS)}")
+        import torch
+
+        from .quantizers.registry import get_quantizer
+
+        # The constructor checks its arguments' values; building it here reports a bad
+        # value when the config is read, not later. fork_rng: the check draws no numbers
+        # from the generator that initializes the model.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                get_quantizer(self.variant).build(**self.quantizer)
+            except ConfigError as e:
+                raise ConfigError(f"model.quantizer: {e}") from None
         _check(self.recon in ("auto", "arelbo", "learned", "mse"), "model.recon: auto, arelbo, learned or mse")
         _check(0.0 <= self.jitter < 1.0, f"model.jitter must be in [0, 1), got {self.jitter}")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes``. A new ``variant`` without a new ``quantizer`` keeps the
+        quantizer arguments the new class also takes (K, D, ...) and drops the others,
+        which the old class alone knew."""
+        if "variant" in changes and "quantizer" not in changes and changes["variant"] != self.variant:
+            from .quantizers.registry import get_quantizer
+
+            keep = set(get_quantizer(changes["variant"]).arguments())
+            changes["quantizer"] = {k: v for k, v in self.quantizer.items() if k in keep}
+        return dataclasses.replace(self, **changes)
 
     @property
     def recon_kind(self) -> str:
         if self.recon != "auto":
             return self.recon
-        return "mse" if self.variant == "vqvae_ema" else "arelbo"
+        from .quantizers.registry import get_quantizer
+
+        return get_quantizer(self.variant).recon
+
+    @property
+    def embedding_dim(self) -> int:
+        """D, the latent dimension the decoder reads."""
+        return int(self.quantizer["embedding_dim"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,9 +262,6 @@ class TrainConfig(ConfigBase):
     # batch composition varies between epochs. Padding waste on the embedded corpus:
     # 0.9 % at 0 (fixed batches), 1.45 % at 0.02, 4.6 % at 0.1 (bench/README.md).
     bucket_noise: float = 0.02
-    # CPU training: glibc malloc keeps freed memory instead of unmapping it, so the large
-    # tensors of whole-utterance batches stop page-faulting at every step (allocator.py).
-    keep_freed_memory: bool = True
     lr: float = 4e-4
     milestones: tuple[int, ...] = (300_000, 400_000)
     gamma: float = 0.5
@@ -266,6 +304,46 @@ class ExperimentConfig(ConfigBase):
                f"model.n_mels is {self.model.n_mels} but features.n_mels is {self.features.n_mels}: the model reads "
                f"the feature store's mel bands; set model.n_mels: {self.features.n_mels} (or extract features with "
                f"n_mels {self.model.n_mels})")
+
+
+# Config mappings of checkpoint format 1 (sqvae-speech 0.1) used other keys:
+# model.quantizer held the same seven keys for every variant, the EMA ones named ema_*,
+# and train.keep_freed_memory existed (the malloc setting is now part of the CPU-kernel
+# switch, sqvae_speech.nets.cpu).
+_V1_RENAMES = {"ema_decay": "decay", "ema_epsilon": "epsilon"}
+_V1_SQ_KEYS = ("num_embeddings", "embedding_dim", "init_log_var")
+_V1_VQ_KEYS = ("num_embeddings", "embedding_dim", "ema_decay", "ema_epsilon", "commitment_cost", "reset_unused")
+# What the format-1 VQ-EMA did, as today's constructor arguments: N(0, 1) codebook, a
+# pseudo-count of 1 per code, the smoothed count used only for the division, and a reset
+# threshold of 0.01.
+_V1_VQ_BEHAVIOUR = {"init": "normal", "init_count": 1.0, "store_smoothed_count": False, "reset_threshold": 0.01}
+
+
+def upgrade_config(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """An experiment config mapping written by checkpoint format ``version`` -> today's keys.
+
+    Format 1 -> 2: ``model.quantizer`` keeps only the keys the variant's class takes
+    (``ema_decay`` / ``ema_epsilon`` become ``decay`` / ``epsilon``; a VQ-EMA model also
+    records the format-1 init and count rules, so a resumed run continues exactly), and
+    ``train.keep_freed_memory`` is dropped. Mappings already in today's form pass unchanged.
+    """
+    data = copy.deepcopy(data)
+    if version >= 2:
+        return data
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("quantizer"), dict):
+        old = model["quantizer"]
+        variant = model.get("variant", "gaussian_4")
+        if variant == "vqvae_ema":
+            new = {_V1_RENAMES.get(k, k): v for k, v in old.items() if k in _V1_VQ_KEYS}
+            new.update(_V1_VQ_BEHAVIOUR)
+        else:
+            new = {k: v for k, v in old.items() if k in _V1_SQ_KEYS}
+        model["quantizer"] = new
+    train = data.get("train")
+    if isinstance(train, dict):
+        train.pop("keep_freed_memory", None)
+    return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

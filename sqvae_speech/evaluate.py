@@ -24,7 +24,7 @@ from .data.batching import MIN_FRAMES, UtteranceDataset, bucket_batches, collate
 from .data.featstore import FeatureStore
 from .errors import FeatureStoreError, SQVAEError
 from .fileio import atomic_write_json
-from .models import DB_SCALE, SpeechSQVAE
+from .models import DB_SCALE, SpeechSQVAE, codebook_size
 from .quantizers import CodebookUsage
 
 
@@ -32,6 +32,7 @@ from .quantizers import CodebookUsage
 class EvalResult:
     variant: str
     step: int
+    seed: int
     mse_db2: float
     set_perplexity: float
     used_codes: int
@@ -98,7 +99,8 @@ def evaluate_model(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tupl
 
     model.eval().to(device)
     ds = UtteranceDataset(store, model.config.speakers, [u for u, _ in items], [s for _, s in items])
-    usage = CodebookUsage(model.config.quantizer.num_embeddings)
+    # The continuous VAE has no codes: its indices are all -1, so usage stays empty (NaN, 0).
+    usage = CodebookUsage(max(codebook_size(model.quantizer), 1))
     per_spk: dict[str, tuple[float, int]] = {}
     total_sse, total_frames = 0.0, 0
     batches = bucket_batches(ds.lengths(), max_frames)
@@ -144,9 +146,9 @@ def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Pa
     mse, usage, per_spk, frames = evaluate_model(model, store, items, max_frames, device, progress)
     n_mels = cfg.model.n_mels
     result = EvalResult(
-        variant=cfg.model.variant, step=step, mse_db2=mse,
+        variant=cfg.model.variant, step=step, seed=cfg.train.seed, mse_db2=mse,
         set_perplexity=float(usage.perplexity()), used_codes=int(usage.used()),
-        num_codes=cfg.model.quantizer.num_embeddings, num_utterances=len(items), num_frames=frames,
+        num_codes=codebook_size(model.quantizer), num_utterances=len(items), num_frames=frames,
         per_speaker_mse_db2={s: v[0] * DB_SCALE**2 / (n_mels * max(v[1], 1)) for s, v in sorted(per_spk.items())},
         checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2),
     )

@@ -16,16 +16,17 @@ summed over latent frames and averaged over items.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .nets.speech import SpeechDecoder, SpeechEncoder, jitter
-from .quantizers import VQEMA, GaussianSQ, QuantizerOutput
+from .quantizers import QuantizerOutput
+from .quantizers.registry import get_quantizer
 
-_SQ_VARIANT = {"gaussian_1": "I", "gaussian_2": "II", "gaussian_3": "III", "gaussian_4": "IV"}
 DB_SCALE = 80.0  # features are dB / 80 + 1: a unit error is 80 dB
 
 
@@ -48,9 +49,10 @@ class Encoded(NamedTuple):
     lengths: Tensor  # [B] latent frames
 
 
-def encoder_out_channels(variant: str, dim: int) -> int:
-    """Channels the encoder emits: means, plus variance channels for II / III / IV."""
-    return {"gaussian_1": dim, "gaussian_2": dim + 1, "gaussian_3": dim + 1, "gaussian_4": 2 * dim, "vqvae_ema": dim}[variant]
+def encoder_out_channels(variant: str, embedding_dim: int, **quantizer_args: Any) -> int:
+    """Channels the encoder emits for a quantizer: D means, plus variance channels
+    (SQ II / III: 1, SQ IV and the continuous VAE: D)."""
+    return get_quantizer(variant).encoder_channels(embedding_dim=embedding_dim, **quantizer_args)
 
 
 def lengths_mask(lengths: Tensor, t: int) -> Tensor:
@@ -59,7 +61,7 @@ def lengths_mask(lengths: Tensor, t: int) -> Tensor:
 
 
 class SpeechSQVAE(nn.Module):
-    """Gaussian SQ-VAE (variants I-IV) or VQ-VAE with EMA on log-mel spectrograms."""
+    """Encoder -> any registered quantizer -> speaker-conditioned decoder, on log-mel spectrograms."""
 
     def __init__(self, config: ModelConfig, n_speakers: int | None = None) -> None:
         super().__init__()
@@ -67,19 +69,12 @@ class SpeechSQVAE(nn.Module):
         if n_speakers < 1:
             raise ValueError("the model needs at least one speaker (ModelConfig.speakers is empty)")
         self.config = config
-        q = config.quantizer
-        self.dim = q.embedding_dim
-        self.encoder = SpeechEncoder(config.n_mels, config.encoder.channels, encoder_out_channels(config.variant, q.embedding_dim))
-        if config.variant == "vqvae_ema":
-            self.quantizer: nn.Module = VQEMA(
-                q.num_embeddings, q.embedding_dim, decay=q.ema_decay, epsilon=q.ema_epsilon,
-                commitment_cost=q.commitment_cost, reset_unused=q.reset_unused,
-            )
-        else:
-            self.quantizer = GaussianSQ(q.num_embeddings, q.embedding_dim, variant=_SQ_VARIANT[config.variant],
-                                        var_space="log", init_log_var=q.init_log_var)
-        self.decoder = SpeechDecoder(q.embedding_dim, n_speakers, config.decoder.speaker_embedding_dim,
-                                     config.decoder.hidden_size, config.decoder.num_layers, config.n_mels)
+        spec = get_quantizer(config.variant)
+        self.dim = config.embedding_dim
+        self.encoder = SpeechEncoder(config.n_mels, out_channels=spec.encoder_channels(**config.quantizer),
+                                     **dataclasses.asdict(config.encoder))
+        self.quantizer: nn.Module = spec.build(**config.quantizer)
+        self.decoder = SpeechDecoder(self.dim, n_speakers, n_mels=config.n_mels, **dataclasses.asdict(config.decoder))
         self.recon_kind = config.recon_kind
         if self.recon_kind == "learned":
             self.log_var_x = nn.Parameter(torch.zeros(()))
@@ -173,6 +168,11 @@ def build_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def codebook_size(quantizer: nn.Module) -> int:
+    """Number of distinct codes a quantizer can emit (0 for the continuous VAE)."""
+    return int(getattr(quantizer, "num_embeddings", 0) or 0)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -180,6 +180,6 @@ def count_parameters(model: nn.Module) -> int:
 def describe(model: SpeechSQVAE) -> str:
     """One line: variant, codebook, size, speakers, parameters."""
     c = model.config
-    return (f"{c.variant}: K={c.quantizer.num_embeddings} D={c.quantizer.embedding_dim} "
+    return (f"{c.variant}: K={codebook_size(model.quantizer)} D={c.embedding_dim} "
             f"channels={c.encoder.channels} speakers={len(c.speakers)} "
             f"params={count_parameters(model) / 1e6:.2f}M recon={model.recon_kind}")

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .allocator import keep_freed_memory
 from .checkpoint import (
     check_same_setup,
+    checkpoint_config,
     latest_checkpoint,
     load_checkpoint,
     load_scheduler_state,
@@ -40,6 +40,8 @@ from .data.featstore import FeatureStore
 from .errors import ConfigError, NonFiniteError
 from .fileio import atomic_write_text
 from .models import SpeechSQVAE, build_optimizer, describe
+from .nets import cpu as cpu_kernels
+from .nets.cpu.allocator import keep_freed_memory
 
 METRICS = ("loss", "recon", "latent", "mse_db2", "kl_continuous", "kl_discrete", "perplexity", "log_var_mean")
 
@@ -124,7 +126,7 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
     latest = latest_checkpoint(exp_dir)
     if resume and latest is not None:
         ckpt = load_checkpoint(latest)
-        saved = ExperimentConfig.from_dict(ckpt["config"], where=str(latest))
+        saved = checkpoint_config(ckpt, latest)
         check_same_setup(saved, cfg.replace(model=cfg.model.replace(speakers=saved.model.speakers)),
                          f"checkpoint {latest}", "the requested config")
         cfg = cfg.replace(model=saved.model)
@@ -142,7 +144,7 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
     # training (gloo) under `accelerate launch` / torchrun instead of N lone processes.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu or not torch.cuda.is_available())
     main = accelerator.is_main_process
-    if tc.keep_freed_memory and accelerator.device.type == "cpu":
+    if accelerator.device.type == "cpu" and cpu_kernels.enabled():  # SQVAE_CPU_KERNELS
         keep_freed_memory()
     set_seed(tc.seed + start_step + accelerator.process_index)
     model = SpeechSQVAE(cfg.model)

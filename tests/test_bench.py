@@ -35,7 +35,6 @@ from sqvae_speech.config import (
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
-    QuantizerConfig,
     TrainConfig,
 )
 from sqvae_speech.data.audio import load_audio
@@ -51,7 +50,7 @@ def small_model(variant: str, speakers: tuple[str, ...], jitter: float = 0.5, se
     """A model small enough for a CPU test, in the shapes the reference can hold."""
     torch.manual_seed(seed)
     cfg = ModelConfig(variant=variant, jitter=jitter, encoder=EncoderConfig(channels=32),
-                      quantizer=QuantizerConfig(num_embeddings=16, embedding_dim=8),
+                      quantizer={"num_embeddings": 16, "embedding_dim": 8},
                       decoder=DecoderConfig(speaker_embedding_dim=8, hidden_size=16), speakers=speakers)
     return SpeechSQVAE(cfg).train()
 

@@ -16,7 +16,6 @@ from sqvae_speech.config import (
     EncoderConfig,
     ExperimentConfig,
     ModelConfig,
-    QuantizerConfig,
 )
 from sqvae_speech.errors import CheckpointError
 from sqvae_speech.models import SpeechSQVAE
@@ -24,7 +23,7 @@ from sqvae_speech.models import SpeechSQVAE
 
 def tiny_model_payload(channels=16):
     cfg = ExperimentConfig(model=ModelConfig(encoder=EncoderConfig(channels=channels),
-                                             quantizer=QuantizerConfig(num_embeddings=8, embedding_dim=4),
+                                             quantizer={"num_embeddings": 8, "embedding_dim": 4},
                                              speakers=("a", "b")))
     return cfg, {"config": cfg.to_dict(), "model": SpeechSQVAE(cfg.model).state_dict()}
 
@@ -82,3 +81,49 @@ def test_multisteplr_state_survives_weights_only(tmp_path):
     sched2 = torch.optim.lr_scheduler.MultiStepLR(opt2, milestones=[9], gamma=0.1)
     load_scheduler_state(sched2, torch.load(path, weights_only=True))
     assert sched2.milestones == Counter({2: 1, 4: 1}) and sched2.last_epoch == 3
+
+
+# Checkpoint format 1 (sqvae-speech 0.1): one fixed set of quantizer keys for every variant,
+# the EMA ones named ema_*, and train.keep_freed_memory. Written here by hand, key by key,
+# as 0.1 wrote them.
+_V1_QUANTIZER = {"num_embeddings": 8, "embedding_dim": 4, "init_log_var": 2.302585092994046, "ema_decay": 0.99,
+                 "ema_epsilon": 1e-5, "commitment_cost": 0.25, "reset_unused": False}
+
+
+def _v1_checkpoint(tmp_path, variant):
+    """A format-1 checkpoint: today's state dict under yesterday's config keys."""
+    new_cfg = ExperimentConfig.from_dict({"model": {
+        "variant": variant, "encoder": {"channels": 16}, "speakers": ["a", "b"],
+        "quantizer": {"num_embeddings": 8, "embedding_dim": 4} | ({"decay": 0.99} if variant == "vqvae_ema" else {})}})
+    torch.manual_seed(0)
+    state = SpeechSQVAE(new_cfg.model).state_dict()
+    old = new_cfg.to_dict()
+    old["model"]["quantizer"] = dict(_V1_QUANTIZER)
+    old["train"]["keep_freed_memory"] = True
+    path = tmp_path / "checkpoints" / "ckpt-00000005.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"format": "sqvae-speech-checkpoint", "version": 1, "step": 5, "config": old, "model": state}, path)
+    return path, state
+
+
+@pytest.mark.parametrize("variant", ["gaussian_4", "vqvae_ema"])
+def test_format_1_checkpoints_still_load(tmp_path, variant):
+    _, state = _v1_checkpoint(tmp_path, variant)
+    model, cfg, step, _ = load_model(tmp_path)
+    assert step == 5 and "keep_freed_memory" not in cfg.train.to_dict()
+    q = cfg.model.quantizer
+    if variant == "vqvae_ema":
+        # renamed keys, and the 0.1 behaviour spelled out so a resumed run continues exactly
+        assert (q["decay"], q["epsilon"], q["commitment_cost"]) == (0.99, 1e-5, 0.25)
+        assert (q["init"], q["init_count"], q["store_smoothed_count"], q["reset_threshold"]) == ("normal", 1.0, False, 0.01)
+        assert "init_log_var" not in q
+    else:
+        assert q["init_log_var"] == pytest.approx(2.302585092994046) and "ema_decay" not in q and "decay" not in q
+    for k, v in state.items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def test_format_1_yaml_keys_are_an_error_outside_a_checkpoint():
+    """A config file is not versioned: yesterday's key names there get a clear error."""
+    with pytest.raises(Exception, match="ema_decay.*valid arguments"):
+        ExperimentConfig.from_dict({"model": {"variant": "vqvae_ema", "quantizer": {"ema_decay": 0.9}}})

@@ -46,7 +46,7 @@ def test_batched_mse_equals_the_one_at_a_time_formula(trained, real_featstore):
     assert batched == pytest.approx(ref, rel=1e-5)
     assert single == pytest.approx(ref, rel=1e-5)
     assert frames == sum(real_featstore.frames(u) - real_featstore.frames(u) % 2 - 2 for u, _ in items)
-    assert 1 <= usage.used() <= cfg.model.quantizer.num_embeddings
+    assert 1 <= usage.used() <= cfg.model.quantizer["num_embeddings"]
     assert set(per_spk) == {"cs-m", "cs-v", "nl-m", "nl-v"}
 
 

@@ -3,16 +3,19 @@ import math
 import pytest
 import torch
 
-from sqvae_speech.config import EncoderConfig, ModelConfig, QuantizerConfig
+from sqvae_speech.config import EncoderConfig, ModelConfig
 from sqvae_speech.data.batching import UtteranceDataset, collate
 from sqvae_speech.models import SpeechSQVAE, encoder_out_channels
+from sqvae_speech.quantizers import GaussianSQ
+from sqvae_speech.quantizers.registry import QUANTIZERS
 
-VARIANTS = ["gaussian_1", "gaussian_2", "gaussian_3", "gaussian_4", "vqvae_ema"]
+VARIANTS = list(QUANTIZERS)  # every registered quantizer drives the speech model
 
 
 def small(variant, speakers=("cs-m", "cs-v", "nl-m", "nl-v"), **kw):
+    quantizer = {"num_embeddings": 32, "embedding_dim": 8} | ({"levels": [4, 8]} if variant == "fsq" else {})
     cfg = ModelConfig(variant=variant, encoder=EncoderConfig(channels=32),
-                      quantizer=QuantizerConfig(num_embeddings=32, embedding_dim=8), speakers=tuple(speakers), **kw)
+                      quantizer=quantizer, speakers=tuple(speakers), **kw)
     torch.manual_seed(0)
     return SpeechSQVAE(cfg)
 
@@ -51,7 +54,8 @@ def test_padded_batch_equals_one_at_a_time(variant, real_featstore):
     assert math.isclose(float(loss_batch.mse_db2), sse / frames, rel_tol=1e-4)
 
 
-@pytest.mark.parametrize("variant,channels", [("gaussian_1", 8), ("gaussian_2", 9), ("gaussian_3", 9), ("gaussian_4", 16), ("vqvae_ema", 8)])
+@pytest.mark.parametrize("variant,channels", [("gaussian_1", 8), ("gaussian_2", 9), ("gaussian_3", 9), ("gaussian_4", 16),
+                                              ("vqvae_ema", 8), ("vq_kmeans", 8), ("fsq", 8), ("vae", 16)])
 def test_encoder_emits_the_variance_channels_of_each_variant(variant, channels):
     assert encoder_out_channels(variant, 8) == channels
     model = small(variant).eval()
@@ -70,9 +74,12 @@ def test_gradients_reach_encoder_codebook_and_variance(variant):
     assert all(g is not None and torch.isfinite(g).all() for g in enc_grads)
     assert any(g.abs().sum() > 0 for g in enc_grads)
     assert model.decoder.rnn.weight_ih_l0.grad.abs().sum() > 0
-    if variant != "vqvae_ema":
+    if isinstance(model.quantizer, GaussianSQ):
         assert model.quantizer.codebook.grad.abs().sum() > 0
-        assert model.quantizer.log_var_scalar.grad is not None and model.quantizer.log_var_scalar.grad != 0
+        if variant != "gaussian_fixed":
+            assert model.quantizer.log_var_scalar.grad is not None and model.quantizer.log_var_scalar.grad != 0
+        else:
+            assert not model.quantizer.log_var_scalar.requires_grad
 
 
 def test_arelbo_and_learned_reconstruction_terms():

@@ -151,7 +151,8 @@ def test_cli_user_errors_exit_2_without_traceback(real_featstore, tmp_path, caps
 
 def test_two_processes_through_accelerate_launch(real_featstore, tmp_path):
     conf = tmp_path / "tiny.yaml"
-    _write_config(conf, tiny_experiment(steps=4, checkpoint_every=2))
+    cfg = tiny_experiment(steps=4, checkpoint_every=2)
+    _write_config(conf, cfg.replace(model=cfg.model.replace(variant="vqvae_ema")))
     exp = tmp_path / "exp"
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sqvae_speech.cli.export", "export codes / features (ZeroSpeech 2019 layout, .npy)"),
     "bitrate": ("sqvae_speech.cli.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
     "abx": ("sqvae_speech.cli.abx", "ABX error rate of features against an item file"),
-    "vision": ("sqvae_speech.vision.cli", "image experiments: train / evaluate vision SQ-VAEs"),
+    "vision": ("sqvae_speech.cli.vision", "image experiments: train / evaluate vision SQ-VAEs"),
     "flite-abx-set": ("sqvae_speech.cli.flite_abx_set", "synthesize a phone-labelled English ABX set with flite"),
 }
 

@@ -1,6 +1,7 @@
 """``sqvae-speech compare EXP...``: one table of results.json files, and training curves.
 
-Prints a Markdown table (variant, steps, dB^2 MSE, set perplexity, used codes) and with
+Prints a Markdown table (model, seeds, steps, dB^2 MSE, set perplexity, used codes; runs
+that differ only by their seed are one row, mean +- std) and with
 ``--out`` writes it to a file; ``--curves PNG`` plots batch perplexity, mean encoder
 log-variance (the self-annealing trace) and training dB^2 MSE over steps from each
 experiment's metrics.jsonl.
@@ -9,15 +10,21 @@ experiment's metrics.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
+
+from ..config import load_yaml
 from ..errors import SQVAEError
 from ..fileio import atomic_path, atomic_write_text
 
 
 def load_results(exp_dirs: list[str]) -> list[dict]:
+    """Each experiment's results.json, with ``exp`` (the dir) and ``setup`` (its resolved
+    config.yaml less the seed and the speaker list: runs that differ only by seed share it)."""
     rows = []
     for d in exp_dirs:
         path = Path(d) / "results.json"
@@ -25,19 +32,120 @@ def load_results(exp_dirs: list[str]) -> list[dict]:
             raise SQVAEError(f"{path} does not exist: run `sqvae-speech evaluate --exp {d} --feats ...` first")
         r = json.loads(path.read_text(encoding="utf-8"))
         r["exp"] = str(d)
+        r["setup"] = _setup_key(Path(d), r)
         rows.append(r)
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | exp | steps | dB^2 MSE | set perplexity | used codes | utterances |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    names = {"gaussian_1": "Gaussian SQ-VAE (I)", "gaussian_2": "Gaussian SQ-VAE (II)", "gaussian_3": "Gaussian SQ-VAE (III)",
-             "gaussian_4": "Gaussian SQ-VAE (IV)", "vqvae_ema": "VQ-VAE w/ EMA"}
+def _setup_key(exp: Path, result: dict) -> str:
+    conf = exp / "config.yaml"
+    if not conf.is_file():  # a checkpoint evaluated outside an experiment dir
+        return f"{result['variant']}@{exp}"
+    data = load_yaml(conf)
+    data.get("train", {}).pop("seed", None)
+    data.get("model", {}).pop("speakers", None)
+    return json.dumps({"data": result.get("data", ""), "step": result["step"], "config": data}, sort_keys=True)
+
+
+MODEL_NAMES = {
+    "gaussian_1": "Gaussian SQ-VAE (I)", "gaussian_2": "Gaussian SQ-VAE (II)", "gaussian_3": "Gaussian SQ-VAE (III)",
+    "gaussian_4": "Gaussian SQ-VAE (IV)", "gaussian_fixed": "SQ with fixed sigma^2", "vqvae_ema": "VQ-VAE w/ EMA",
+    "vqvae_ema_reset": "VQ-VAE w/ EMA + reset", "vq_kmeans": "VQ, k-means init + dead-code replacement",
+    "fsq": "FSQ", "vae": "Gaussian VAE (continuous)", "vmf": "vMF SQ-VAE",
+}
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs of one setup over seeds: mean and sample standard deviation of each metric."""
+
+    name: str
+    exps: list[str]
+    seeds: list[int]
+    step: int
+    num_codes: int
+    stats: dict[str, tuple[float, float]]  # metric -> (mean, std); std 0 for one run
+
+
+METRICS = ("mse_db2", "set_perplexity", "used_codes")
+
+
+def group_results(rows: list[dict]) -> list[Group]:
+    """Rows with the same setup (all but the seed) -> one group each, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        lines.append(f"| {names.get(r['variant'], r['variant'])} | {Path(r['exp']).name} | {r['step']} | {r['mse_db2']:.2f} | "
-                     f"{r['set_perplexity']:.1f} | {r['used_codes']}/{r['num_codes']} | {r['num_utterances']} |")
-    return "\n".join(lines) + "\n"
+        groups.setdefault(r["setup"], []).append(r)
+    out = []
+    names_seen: dict[str, int] = {}
+    for runs in groups.values():
+        first = runs[0]
+        name = MODEL_NAMES.get(first["variant"], first["variant"])
+        names_seen[name] = names_seen.get(name, 0) + 1
+        stats = {}
+        for m in METRICS:
+            vals = np.array([float(r[m]) for r in runs], dtype=np.float64)
+            stats[m] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+        out.append(Group(name, [r["exp"] for r in runs], [r.get("seed", -1) for r in runs], first["step"],
+                         first["num_codes"], stats))
+    # Two setups of one model (e.g. other quantizer arguments) are told apart by their dirs.
+    for g in out:
+        if names_seen[g.name] > 1:
+            g.name = f"{g.name} [{Path(g.exps[0]).name}]"
+    return out
+
+
+def overlaps_best(groups: list[Group], metric: str, lower_is_better: bool) -> list[bool]:
+    """For each group: does its mean +- std interval overlap the best group's interval?"""
+    finite = [g for g in groups if math.isfinite(g.stats[metric][0])]
+    if not finite:
+        return [False] * len(groups)
+    pick = min if lower_is_better else max
+    best = pick(finite, key=lambda g: g.stats[metric][0])
+    bm, bs = best.stats[metric]
+    return [g is not best and math.isfinite(g.stats[metric][0])
+            and abs(g.stats[metric][0] - bm) <= g.stats[metric][1] + bs for g in groups]
+
+
+def _cell(mean: float, std: float, n: int, fmt: str, bold: bool, tie: bool) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    text = format(mean, fmt) + (f" +- {format(std, fmt)}" if n > 1 else "")
+    return (f"**{text}**" if bold else text) + (" ~" if tie else "")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One row per setup: mean +- std over its seeds. Bold: the best mean; ``~``: the
+    interval overlaps the best one's, so the two are not told apart by these seeds."""
+    groups = group_results(rows)
+    lines = ["| model | runs (seeds) | steps | dB^2 MSE | set perplexity | used codes |",
+             "|---|---|---:|---:|---:|---:|"]
+    marks = {m: overlaps_best(groups, m, m == "mse_db2") for m in METRICS}
+    best = {}
+    for m in METRICS:
+        finite = [g.stats[m][0] for g in groups if math.isfinite(g.stats[m][0])]
+        best[m] = (min if m == "mse_db2" else max)(finite) if finite else math.nan
+    for i, g in enumerate(groups):
+        n = len(g.exps)
+        seeds = ", ".join(str(s) for s in g.seeds)
+        where = Path(g.exps[0]).name if n == 1 else f"{n} ({seeds})"
+        cells = [_cell(*g.stats[m], n, fmt, len(groups) > 1 and g.stats[m][0] == best[m], marks[m][i])
+                 for m, fmt in (("mse_db2", ".2f"), ("set_perplexity", ".1f"), ("used_codes", ".0f"))]
+        codes = f"{cells[2]} / {g.num_codes}" if g.num_codes else "n/a (continuous)"
+        lines.append(f"| {g.name} | {where} | {g.step} | {cells[0]} | {cells[1]} | {codes} |")
+    notes = []
+    if any(len(g.exps) > 1 for g in groups):
+        notes.append("mean +- sample standard deviation over seeds; **bold**: best mean; ~: interval overlaps the "
+                     "best one's (not distinguishable with these seeds)")
+    for g in groups:
+        used = g.stats["used_codes"][0]
+        if g.num_codes and used <= COLLAPSED * g.num_codes:
+            notes.append(f"{g.name}: codebook collapse, {used:.0f} of {g.num_codes} codes used on this set; its error "
+                         "is that of a much smaller codebook, not of a working quantizer of this size")
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
+
+
+# A quantizer that uses at most this share of its codes on a whole set has collapsed.
+COLLAPSED = 0.05
 
 
 def read_metrics(exp_dir: str | Path) -> list[dict]:

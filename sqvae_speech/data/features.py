@@ -1,4 +1,4 @@
-"""Log-mel features of the reference protocol (PROTOCOL.md, "Speech features").
+"""Log-mel features of the reference protocol (docs/PROTOCOL.md, "Speech features").
 
 Per utterance, at ``config.sample_rate`` (16 kHz):
 

@@ -1,4 +1,4 @@
-"""Vocoders: log-mel features (PROTOCOL.md, "Speech features") back to 16 kHz audio.
+"""Vocoders: log-mel features (docs/PROTOCOL.md, "Speech features") back to 16 kHz audio.
 
 The features are ``dB / 80 + 1`` of the 80-band Slaney mel magnitude of the
 peak-normalized, pre-emphasized signal. Every vocoder here first undoes that chain:

@@ -154,7 +154,7 @@ def test_misspelled_config_key_lists_the_valid_keys(real_featstore, speech_files
     train = ["train", "--config", conf, "--feats", real_featstore.path, "--exp", tmp_path / "exp", "--no-progress"]
     rc, _, err = _cli(train, capsys)
     assert rc == 2 and str(conf) in err and "'num_embedings' (did you mean 'num_embeddings'?)" in err
-    assert "valid keys: commitment_cost, ema_decay, ema_epsilon, embedding_dim, init_log_var, num_embeddings" in err
+    assert "valid arguments: num_embeddings, embedding_dim, var_space, init_log_var, learn_variance" in err
     conf.write_text("trian:\n  steps: 3\n")
     rc, _, err = _cli(train, capsys)
     assert rc == 2 and "'trian' (did you mean 'train'?)" in err and "valid keys: features, model, train" in err
@@ -181,7 +181,7 @@ def test_negative_steps(real_featstore, tmp_path, capsys):
 
 def test_codebook_smaller_than_two(real_featstore, tmp_path, capsys):
     rc, err = _train_with(real_featstore, tmp_path, capsys, "--set", "model.quantizer.num_embeddings=1")
-    assert rc == 2 and "quantizer.num_embeddings (K) must be >= 2, got 1" in err
+    assert rc == 2 and "model.quantizer: Gaussian SQ needs K >= 2" in err and "got K=1" in err
 
 
 def test_crop_longer_than_every_utterance(real_featstore, tmp_path, capsys):

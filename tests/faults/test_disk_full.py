@@ -59,7 +59,7 @@ def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeyp
     data = clip_data_dir(tmp_path / "data", speech_files, per_voice=3)
     feats = tmp_path / "feats"
     monkeypatch.setattr("sqvae_speech.data.extract.SHARD_SIZE", 3)
-    _disk_full(monkeypatch, "extract", "shard-", nth=3, after=20_000)
+    _disk_full(monkeypatch, "data.extract", "shard-", nth=3, after=20_000)
     assert cli_main(["extract", str(data), str(feats), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"disk full while writing {feats / '.parts/shard-00002.npz'}" in err
@@ -77,7 +77,7 @@ def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeyp
 def test_disk_full_while_packing_the_feature_store(speech_files, tmp_path, monkeypatch, capsys):
     data = clip_data_dir(tmp_path / "data", speech_files, per_voice=2)
     feats = tmp_path / "feats"
-    _disk_full(monkeypatch, "featstore", "feats.npy", after=50_000)
+    _disk_full(monkeypatch, "data.featstore", "feats.npy", after=50_000)
     assert cli_main(["extract", str(data), str(feats), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"disk full while writing {feats / 'feats.npy'}" in err
@@ -108,7 +108,7 @@ def test_disk_full_while_exporting(untrained_exp, real_featstore, tmp_path, monk
     out = tmp_path / "out"
     args = ["export", "--exp", str(untrained_exp), "--feats", str(real_featstore.path), "--out", str(out),
             "--device", "cpu", "--no-progress"]
-    _disk_full(monkeypatch, "export", ".txt", nth=9, after=100)
+    _disk_full(monkeypatch, "zerospeech.export", ".txt", nth=9, after=100)
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "disk full while writing" in err and str(out) in err
