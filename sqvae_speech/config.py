@@ -306,46 +306,6 @@ class ExperimentConfig(ConfigBase):
                f"n_mels {self.model.n_mels})")
 
 
-# Config mappings of checkpoint format 1 (sqvae-speech 0.1) used other keys:
-# model.quantizer held the same seven keys for every variant, the EMA ones named ema_*,
-# and train.keep_freed_memory existed (the malloc setting is now part of the CPU-kernel
-# switch, sqvae_speech.nets.cpu).
-_V1_RENAMES = {"ema_decay": "decay", "ema_epsilon": "epsilon"}
-_V1_SQ_KEYS = ("num_embeddings", "embedding_dim", "init_log_var")
-_V1_VQ_KEYS = ("num_embeddings", "embedding_dim", "ema_decay", "ema_epsilon", "commitment_cost", "reset_unused")
-# What the format-1 VQ-EMA did, as today's constructor arguments: N(0, 1) codebook, a
-# pseudo-count of 1 per code, the smoothed count used only for the division, and a reset
-# threshold of 0.01.
-_V1_VQ_BEHAVIOUR = {"init": "normal", "init_count": 1.0, "store_smoothed_count": False, "reset_threshold": 0.01}
-
-
-def upgrade_config(data: dict[str, Any], version: int) -> dict[str, Any]:
-    """An experiment config mapping written by checkpoint format ``version`` -> today's keys.
-
-    Format 1 -> 2: ``model.quantizer`` keeps only the keys the variant's class takes
-    (``ema_decay`` / ``ema_epsilon`` become ``decay`` / ``epsilon``; a VQ-EMA model also
-    records the format-1 init and count rules, so a resumed run continues exactly), and
-    ``train.keep_freed_memory`` is dropped. Mappings already in today's form pass unchanged.
-    """
-    data = copy.deepcopy(data)
-    if version >= 2:
-        return data
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("quantizer"), dict):
-        old = model["quantizer"]
-        variant = model.get("variant", "gaussian_4")
-        if variant == "vqvae_ema":
-            new = {_V1_RENAMES.get(k, k): v for k, v in old.items() if k in _V1_VQ_KEYS}
-            new.update(_V1_VQ_BEHAVIOUR)
-        else:
-            new = {k: v for k, v in old.items() if k in _V1_SQ_KEYS}
-        model["quantizer"] = new
-    train = data.get("train")
-    if isinstance(train, dict):
-        train.pop("keep_freed_memory", None)
-    return data
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a :class:`ConfigError`."""
     path = Path(path)
