@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, name_unknown
 
 
 class ConfigBase:
@@ -32,10 +31,8 @@ class ConfigBase:
         prefix = f"{where}: " if where else ""
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            named = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, fields, n=1)) else f"'{k}'"
-                     for k in unknown]
             raise ConfigError(
-                f"{prefix}unknown config key(s) {', '.join(named)} in section "
+                f"{prefix}unknown config key(s) {name_unknown(unknown, fields)} in section "
                 f"'{cls.__name__}'; valid keys: {', '.join(sorted(fields))}"
             )
         hints = typing.get_type_hints(cls)

@@ -5,7 +5,16 @@ subclass of :class:`SQVAEError` whose message names the file, line, utterance or
 at fault and says what to do. The CLI prints these without a traceback and exits 2.
 """
 
+import difflib
 import errno
+from collections.abc import Iterable
+
+
+def name_unknown(keys: Iterable[str], valid: Iterable[str]) -> str:
+    """``'x' (did you mean 'y'?), 'z'``: unknown names quoted, each with its closest valid one."""
+    valid = list(valid)
+    return ", ".join(f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, valid, n=1)) else f"'{k}'"
+                     for k in keys)
 
 
 class SQVAEError(Exception):

@@ -16,7 +16,6 @@ QuantizerOutput``, ``lookup(indices) -> [..., D]`` (the continuous VAE raises) a
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, name_unknown
 from .continuous import GaussianVAE
 from .fsq import FSQ
 from .gaussian import GaussianSQ
@@ -81,10 +80,8 @@ class QuantizerSpec:
             )
         unknown = sorted(k for k in kwargs if k not in valid)
         if unknown:
-            named = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, valid, n=1)) else f"'{k}'"
-                     for k in unknown]
             raise ConfigError(
-                f"quantizer '{self.name}' ({self.cls.__name__}) has no argument {', '.join(named)}; "
+                f"quantizer '{self.name}' ({self.cls.__name__}) has no argument {name_unknown(unknown, valid)}; "
                 f"valid arguments: {', '.join(valid)}"
             )
 
