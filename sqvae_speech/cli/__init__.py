@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("sqvae_speech.cli.prepare", "write Kaldi-style data dirs for a corpus"),
     "validate-data": ("sqvae_speech.cli.validate_data", "check a data dir (ids, speakers, files)"),
     "extract": ("sqvae_speech.cli.extract", "extract log-mel features into a packed store"),
-    "train": ("sqvae_speech.cli.train", "train a speech SQ-VAE or the VQ-VAE baseline"),
+    "train": ("sqvae_speech.cli.train", "train a speech SQ-VAE or a baseline quantizer (VQ-VAE, k-means VQ, FSQ, VAE)"),
     "evaluate": ("sqvae_speech.cli.evaluate", "dB^2 MSE and codebook usage of a trained model"),
     "compare": ("sqvae_speech.cli.compare", "table of results.json files (RESULTS.md)"),
     "f0-stats": ("sqvae_speech.cli.f0_stats", "per-speaker log-F0 statistics for voice conversion"),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import latest_checkpoint
+from ..quantizers.registry import QUANTIZERS
 from ..train import resolve_config, train, trim_metrics
 
 
@@ -15,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (sections features/model/train); defaults are the paper's")
     p.add_argument("--feats", required=True, help="feature store of the training set (made by `extract`)")
     p.add_argument("--exp", required=True, help="experiment dir (config, checkpoints, logs)")
-    p.add_argument("--variant", help="gaussian_1 | gaussian_2 | gaussian_3 | gaussian_4 | vqvae_ema")
+    p.add_argument("--variant", help="the quantizer, a registry name (overrides model.variant): "
+                   + ", ".join(f"{n} ({s.summary})" for n, s in QUANTIZERS.items()))
     p.add_argument("--steps", type=int, help="total training steps (overrides train.steps)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast (overrides train.mixed_precision)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
