@@ -1,4 +1,4 @@
-"""Configuration of the image experiments (PROTOCOL.md, "Vision experiments").
+"""Configuration of the image experiments (docs/PROTOCOL.md, "Vision experiments").
 
 Three sections, as for speech: ``data`` (which data set, where), ``model`` (network,
 quantizer, likelihood) and ``train``. :func:`paper_defaults` gives the paper's

@@ -1,4 +1,4 @@
-"""ResNet encoders and decoders of the image experiments (PROTOCOL.md, "Vision experiments").
+"""ResNet encoders and decoders of the image experiments (docs/PROTOCOL.md, "Vision experiments").
 
 The layer structure follows the authors' code, sony/sqvae vision/networks/net_28.py,
 net_32.py and net_64.py (with vision/networks/util.py for the residual block):

@@ -1,4 +1,4 @@
-"""Training loop of the image models (PROTOCOL.md, "Vision experiments").
+"""Training loop of the image models (docs/PROTOCOL.md, "Vision experiments").
 
 Adam (lr 1e-3), batch 32, ``train.epochs`` epochs (or ``train.max_steps`` steps in all),
 Gumbel-softmax temperature tau = init * exp(-decay * step), and after every epoch a
