@@ -12,6 +12,7 @@ equal to one-at-a-time evaluation. Writes ``EXP/results.json``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from .errors import FeatureStoreError, SQVAEError
 from .fileio import atomic_write_json
 from .models import DB_SCALE, SpeechSQVAE, codebook_size
 from .quantizers import CodebookUsage
+from .zerospeech.bitrate import entropy_bits
 
 
 @dataclass
@@ -36,6 +38,9 @@ class EvalResult:
     mse_db2: float
     set_perplexity: float
     used_codes: int
+    # ZeroSpeech 2019 bitrate of the code sequence: latent frames / seconds x entropy (bits)
+    # of the set's code histogram (each code one symbol); NaN without codes (the VAE).
+    bitrate: float
     num_codes: int
     num_utterances: int
     num_frames: int  # compared mel frames, sum of (T - 2)
@@ -128,6 +133,17 @@ def evaluate_model(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tupl
     return mse, usage, per_spk, total_frames
 
 
+def code_bitrate(usage: CodebookUsage, seconds: float) -> float:
+    """ZeroSpeech 2019 bitrate (bits/s) of the codes counted in ``usage`` over ``seconds`` of
+    speech, each code a symbol: the bitrate of a quantized export without writing it. NaN
+    when no code was counted (a continuous model)."""
+    counts = usage.counts.numpy()
+    n = int(counts.sum())
+    if n == 0 or seconds <= 0:
+        return math.nan
+    return n / seconds * entropy_bits(counts)
+
+
 def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None = None,
              out: str | Path | None = None, max_frames: int = 8000, device: str | None = None,
              progress: bool = True) -> EvalResult:
@@ -145,9 +161,11 @@ def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Pa
     check_items(model, store, items, source)
     mse, usage, per_spk, frames = evaluate_model(model, store, items, max_frames, device, progress)
     n_mels = cfg.model.n_mels
+    seconds = sum(store.frames(u) for u, _ in items) * cfg.features.hop_length / cfg.features.sample_rate
     result = EvalResult(
         variant=cfg.model.variant, step=step, seed=cfg.train.seed, mse_db2=mse,
         set_perplexity=float(usage.perplexity()), used_codes=int(usage.used()),
+        bitrate=code_bitrate(usage, seconds),
         num_codes=codebook_size(model.quantizer), num_utterances=len(items), num_frames=frames,
         per_speaker_mse_db2={s: v[0] * DB_SCALE**2 / (n_mels * max(v[1], 1)) for s, v in sorted(per_spk.items())},
         checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2),

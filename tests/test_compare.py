@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def _exp(root: Path, name: str, variant: str, seed: int, mse: float, ppl: float,
     (d / "config.yaml").write_text(yaml.safe_dump(conf))
     (d / "results.json").write_text(json.dumps({
         "variant": variant, "step": steps, "seed": seed, "mse_db2": mse, "set_perplexity": ppl, "used_codes": used,
+        "bitrate": 50 * math.log2(ppl),
         "num_codes": k, "num_utterances": 3, "num_frames": 300, "data": "feats/test"}))
     return str(d)
 
@@ -43,8 +45,9 @@ def test_seeds_are_grouped_with_mean_and_sample_std(tmp_path):
     # 72 +- 2 vs 85 +- 7.07: 13 > 9.07, the intervals do not overlap
     assert overlaps_best(groups, "mse_db2", lower_is_better=True) == [False, False]
     table = markdown_table(load_results(exps))
-    assert "| Gaussian SQ-VAE (IV) | 3 (0, 1, 2) | 100 | **72.00 +- 2.00** | **12.0 +- 2.0** | **14 +- 2** / 16 |" in table
-    assert "| VQ-VAE w/ EMA | 2 (0, 1) | 100 | 85.00 +- 7.07 | 3.0 +- 0.0 | 4 +- 0 / 16 |" in table
+    assert ("| Gaussian SQ-VAE (IV) | 3 (0, 1, 2) | 100 | **72.00 +- 2.00** | **12.0 +- 2.0** | **14 +- 2** / 16 | "
+            "178.6 +- 12.1 |") in table
+    assert "| VQ-VAE w/ EMA | 2 (0, 1) | 100 | 85.00 +- 7.07 | 3.0 +- 0.0 | 4 +- 0 / 16 | 79.2 +- 0.0 |" in table
 
 
 def test_overlapping_intervals_are_marked(tmp_path):
@@ -74,3 +77,11 @@ def test_a_collapsed_codebook_is_named_under_the_table(tmp_path):
     table = markdown_table(load_results(exps))
     assert "VQ-VAE w/ EMA: codebook collapse, 2 of 512 codes used on this set" in table
     assert "Gaussian SQ-VAE (IV): codebook collapse" not in table
+
+
+def test_results_without_a_bitrate_show_n_a(tmp_path):
+    d = _exp(tmp_path, "old", "gaussian_4", 0, 70.0, 10.0, 12)
+    r = json.loads((Path(d) / "results.json").read_text())
+    del r["bitrate"]
+    (Path(d) / "results.json").write_text(json.dumps(r))
+    assert markdown_table(load_results([d])).splitlines()[2].endswith("| n/a |")

@@ -18,16 +18,15 @@ from sqvae_speech.data.datadir import read_datadir, write_datadir
 from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.data.features import logmel
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.synthesis.convert import (
+from sqvae_speech.synthesis.conversion_list import (
     ConversionItem,
     choose_speakers,
     make_conversion_list,
     merge_datadirs,
     read_conversion_list,
-    run_conversion,
     write_conversion_list,
-    write_wav,
 )
+from sqvae_speech.synthesis.convert import run_conversion, write_wav
 from sqvae_speech.synthesis.f0 import compute_f0_stats, extract_f0, write_f0_stats
 from sqvae_speech.train import train
 

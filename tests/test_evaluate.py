@@ -109,3 +109,17 @@ def test_compare_table_and_curves(trained, tmp_path, capsys):
     table = out.read_text()
     assert "Gaussian SQ-VAE (IV)" in table and "| 30 |" in table
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_bitrate_equals_the_zerospeech_bitrate_of_the_exported_codes(trained, real_featstore, tmp_path):
+    """results.json's bitrate is what `export --kind quantized` + `bitrate` give, without the files."""
+    results = tmp_path / "r.json"
+    assert cli_main(["evaluate", "--exp", str(trained), "--feats", str(real_featstore.path), "--out", str(results),
+                     "--no-progress"]) == 0
+    out, rate = tmp_path / "zs", tmp_path / "rate.json"
+    assert cli_main(["export", "--exp", str(trained), "--feats", str(real_featstore.path), "--out", str(out),
+                     "--kind", "quantized", "--no-progress"]) == 0
+    assert cli_main(["bitrate", str(out), "--json", str(rate)]) == 0
+    exported = json.loads(rate.read_text())
+    assert exported["bitrate"] > 0
+    assert json.loads(results.read_text())["bitrate"] == pytest.approx(exported["bitrate"], rel=1e-9)

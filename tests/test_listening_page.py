@@ -16,7 +16,8 @@ from conftest import tiny_experiment
 
 from sqvae_speech.data.audio import load_audio
 from sqvae_speech.errors import SQVAEError
-from sqvae_speech.synthesis.convert import ConversionItem, run_conversion
+from sqvae_speech.synthesis.conversion_list import ConversionItem
+from sqvae_speech.synthesis.convert import run_conversion
 from sqvae_speech.synthesis.listening import PageItem, render_page, write_page
 from sqvae_speech.train import train
 

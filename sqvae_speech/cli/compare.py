@@ -67,7 +67,7 @@ class Group:
     stats: dict[str, tuple[float, float]]  # metric -> (mean, std); std 0 for one run
 
 
-METRICS = ("mse_db2", "set_perplexity", "used_codes")
+METRICS = ("mse_db2", "set_perplexity", "used_codes", "bitrate")
 
 
 def group_results(rows: list[dict]) -> list[Group]:
@@ -83,7 +83,8 @@ def group_results(rows: list[dict]) -> list[Group]:
         names_seen[name] = names_seen.get(name, 0) + 1
         stats = {}
         for m in METRICS:
-            vals = np.array([float(r[m]) for r in runs], dtype=np.float64)
+            # results.json written before the bitrate existed has none: NaN, shown as n/a
+            vals = np.array([float(r[m]) if r.get(m) is not None else math.nan for r in runs], dtype=np.float64)
             stats[m] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
         out.append(Group(name, [r["exp"] for r in runs], [r.get("seed", -1) for r in runs], first["step"],
                          first["num_codes"], stats))
@@ -117,11 +118,12 @@ def markdown_table(rows: list[dict]) -> str:
     """One row per setup: mean +- std over its seeds. Bold: the best mean; ``~``: the
     interval overlaps the best one's, so the two are not told apart by these seeds."""
     groups = group_results(rows)
-    lines = ["| model | runs (seeds) | steps | dB^2 MSE | set perplexity | used codes |",
-             "|---|---|---:|---:|---:|---:|"]
-    marks = {m: overlaps_best(groups, m, m == "mse_db2") for m in METRICS}
+    lines = ["| model | runs (seeds) | steps | dB^2 MSE | set perplexity | used codes | bitrate (bits/s) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    ranked = ("mse_db2", "set_perplexity", "used_codes")  # the bitrate is reported, not ranked
+    marks = {m: overlaps_best(groups, m, m == "mse_db2") for m in ranked}
     best = {}
-    for m in METRICS:
+    for m in ranked:
         finite = [g.stats[m][0] for g in groups if math.isfinite(g.stats[m][0])]
         best[m] = (min if m == "mse_db2" else max)(finite) if finite else math.nan
     for i, g in enumerate(groups):
@@ -131,7 +133,8 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [_cell(*g.stats[m], n, fmt, len(groups) > 1 and g.stats[m][0] == best[m], marks[m][i])
                  for m, fmt in (("mse_db2", ".2f"), ("set_perplexity", ".1f"), ("used_codes", ".0f"))]
         codes = f"{cells[2]} / {g.num_codes}" if g.num_codes else "n/a (continuous)"
-        lines.append(f"| {g.name} | {where} | {g.step} | {cells[0]} | {cells[1]} | {codes} |")
+        rate = _cell(*g.stats["bitrate"], n, ".1f", False, False)
+        lines.append(f"| {g.name} | {where} | {g.step} | {cells[0]} | {cells[1]} | {codes} | {rate} |")
     notes = []
     if any(len(g.exps) > 1 for g in groups):
         notes.append("mean +- sample standard deviation over seeds; **bold**: best mean; ~: interval overlaps the "

@@ -2,9 +2,9 @@
 
 ``--list`` converts the rows of a conversion list. ``--make-list DATA_DIR ...`` builds
 the list itself: it chooses the source and target speakers
-(:func:`~sqvae_speech.synthesis.convert.choose_speakers`: ``--speakers``,
+(:func:`~sqvae_speech.synthesis.conversion_list.choose_speakers`: ``--speakers``,
 ``--num-speakers``, ``--targets``, ``--num-targets``, ``--target-sources``) and their
-utterances (:func:`~sqvae_speech.synthesis.convert.make_conversion_list`). With
+utterances (:func:`~sqvae_speech.synthesis.conversion_list.make_conversion_list`). With
 ``--f0-data`` it also computes the F0 statistics a WORLD conversion needs, when
 ``--f0-stats`` is missing or lacks a speaker, so that a recipe's conversion stage is one
 command.
@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import SQVAEError
-from ..synthesis.convert import (
-    F0_NORMS,
+from ..synthesis.conversion_list import (
     choose_speakers,
     make_conversion_list,
     merge_datadirs,
     read_conversion_list,
-    run_conversion,
     write_conversion_list,
 )
+from ..synthesis.convert import F0_NORMS, run_conversion
 from ..synthesis.vocoders import VOCODERS
 
 if TYPE_CHECKING:

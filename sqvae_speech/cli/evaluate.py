@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     r = evaluate(args.exp, args.feats, args.eval_list, args.out, args.max_frames, args.device, not args.no_progress)
     print(f"{r.variant} step {r.step}: dB^2 MSE {r.mse_db2:.2f} | set perplexity {r.set_perplexity:.1f} | "
-          f"used codes {r.used_codes}/{r.num_codes} | {r.num_utterances} utterances, {r.num_frames} frames",
+          f"used codes {r.used_codes}/{r.num_codes} | bitrate {r.bitrate:.1f} bits/s | {r.num_utterances} utterances, "
+          f"{r.num_frames} frames",
           file=sys.stdout)
     return 0

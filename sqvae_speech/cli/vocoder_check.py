@@ -7,7 +7,7 @@
     input; ``gain-matched`` also removes each utterance's mean dB offset, i.e. what is
     left when the overall level is ignored.
 (b) With ``--exp`` and ``--f0-stats``: every chosen source converted with WORLD to every
-    speaker (:func:`sqvae_speech.synthesis.convert.make_conversion_list`), the output's median F0
+    speaker (:func:`sqvae_speech.synthesis.conversion_list.make_conversion_list`), the output's median F0
     measured with the same WORLD estimator, and the fraction of voiced items whose median
     lies within 1 semitone of the target speaker's median F0 (from the statistics). The
     fraction within 1 semitone of the median of the F0 track WORLD was asked to
@@ -149,7 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.audio import load_audio
     from ..data.datadir import read_datadir, utterance_audio
-    from ..synthesis.convert import make_conversion_list
+    from ..synthesis.conversion_list import make_conversion_list
     from ..synthesis.vocoders import VOCODERS
 
     vocoders = [v for v in args.vocoders.split(",") if v]

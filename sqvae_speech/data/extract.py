@@ -3,12 +3,13 @@ packed feature store (:mod:`sqvae_speech.data.featstore`).
 
 Resumable by design. The sorted utterances are cut into fixed shards of
 :data:`SHARD_SIZE` (independent of ``--nj``, so a rerun with another ``--nj`` reuses
-them). Worker processes compute whole shards and write each atomically to
-``FEAT_DIR/.parts/shard-XXXXX.npz``; when every shard exists they are packed into
-``feats.npy`` + ``index.json`` (index last), ``failed.txt`` is written and ``.parts``
-removed. A killed run leaves complete shards and at most stray ``.tmp-*`` files; the rerun
-computes only the missing shards. ``.parts/plan.json`` records the settings and the data
-the shards belong to, so shards of other settings are never mixed in.
+them). Worker processes compute whole shards (:mod:`sqvae_speech.data.shards`) and
+write each atomically to ``FEAT_DIR/.parts/shard-XXXXX.npz``; when every shard exists
+they are packed into ``feats.npy`` + ``index.json`` (index last), ``failed.txt`` is
+written and ``.parts`` removed. A killed run leaves complete shards and at most stray
+``.tmp-*`` files; the rerun computes only the missing shards. ``.parts/plan.json``
+records the settings and the data the shards belong to, so shards of other settings are
+never mixed in.
 
 Bad input (unreadable, truncated, empty or silent audio, non-finite features) never stops
 the run: the utterance goes to ``failed.txt`` as ``utt-id<TAB>reason`` and the command
@@ -31,11 +32,8 @@ import errno
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
-import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -44,10 +42,11 @@ from typing import Any
 import numpy as np
 
 from ..config import FeatureConfig
-from ..errors import AudioError, ConfigError, DiskFullError, FeatureStoreError
-from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from ..errors import ConfigError, DiskFullError, FeatureStoreError
+from ..fileio import atomic_write_json, atomic_write_text
 from .datadir import read_datadir, utterance_audio
 from .featstore import INDEX, FeatureStore, config_diff, write_featstore
+from .shards import Item, compute_shard, read_shards, shard_path, shard_totals
 
 # Utterances per shard: small enough that a killed run loses little and the last shards
 # balance across workers, large enough that the per-shard file costs nothing.
@@ -59,12 +58,8 @@ SHARD_SIZE = 100
 # files then costs about as much as the features.
 CPU_BATCH_SIZE = 0
 CUDA_BATCH_SIZE = 32
-# Frames per block when packing shards into the store (10 MB at 80 mels).
-PACK_BLOCK_ROWS = 32768
 PARTS = ".parts"
 FAILED = "failed.txt"
-
-Item = tuple[str, str, float | None, float | None]  # (utt, path, start_s, end_s)
 
 
 @dataclasses.dataclass
@@ -141,7 +136,7 @@ def extract(
     parts = feat_dir / PARTS
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     _prepare_parts(parts, config, fingerprint, shard_size, len(shards), fresh=overwrite)
-    missing = [k for k in range(len(shards)) if not _shard_path(parts, k).is_file()]
+    missing = [k for k in range(len(shards)) if not shard_path(parts, k).is_file()]
     done_utts = len(items) - sum(len(shards[k]) for k in missing)
     todo = missing if max_shards is None else missing[:max_shards]
     try:
@@ -156,7 +151,7 @@ def extract(
         "shards_computed": sorted(r["shard"] for r in computed),
     }
     if len(todo) < len(missing):
-        failed, seconds, _ = _shard_totals(parts, len(shards))
+        failed, seconds, _ = shard_totals(parts, len(shards))
         return ExtractSummary(num_utterances=len(items), failed=failed, audio_seconds=seconds,
                               wall_seconds=time.perf_counter() - t0, complete=False, **stats)
     try:
@@ -228,10 +223,6 @@ def _prepare_parts(parts: Path, config: FeatureConfig, fingerprint: str, shard_s
         atomic_write_json(plan_file, plan)
 
 
-def _shard_path(parts: Path, k: int) -> Path:
-    return parts / f"shard-{k:05d}.npz"
-
-
 # ------------------------------------------------------------------------------ workers
 
 
@@ -242,151 +233,6 @@ def _init_worker(use_torch: bool) -> None:
         # nj processes share the cores; intra-op threads on top would oversubscribe them.
         torch.set_num_threads(1)
 
-
-def _compute_shard(
-    shard: int, out: str, items: list[Item], config: dict[str, Any], batch_size: int, device: str
-) -> dict[str, Any]:
-    """Features of one shard, written atomically to ``out`` (.npz) as feats
-    [sum T, n_mels] float32 (utterances back to back), lengths [U], utts [U],
-    seconds [U], failed_utts [F], failed_reasons [F]. Returns small stats.
-
-    Recordings longer than :data:`~sqvae_speech.data.longaudio.STREAM_MIN_SECONDS` are read and
-    computed block by block (:mod:`sqvae_speech.data.longaudio`) into scratch files next to
-    ``out`` and copied into the shard in blocks: memory stays bounded however long they are.
-    """
-    from .audio import SILENCE_THRESHOLD, is_silent, load_audio
-    from .longaudio import STREAM_MIN_SECONDS, LongLogmel, logmel_long, signal_peak
-
-    cpu0 = time.process_time()
-    cfg = FeatureConfig.from_dict(config)
-    max_samples = int(STREAM_MIN_SECONDS * cfg.sample_rate)
-    failed: dict[str, str] = {}
-    utts, wavs = [], []
-    long: dict[str, LongLogmel] = {}
-    scratch: list[Path] = []
-    try:
-        for utt, path, start, end in items:
-            try:
-                wav = load_audio(path, cfg.sample_rate, start, end, max_samples=max_samples)
-                if wav is None:  # a long recording: streamed
-                    peak = signal_peak(path, cfg, start, end)
-                    if peak[0] < SILENCE_THRESHOLD:
-                        failed[utt] = f"{path}: silent audio (peak {peak[0]:.1e}), nothing to learn from"
-                        continue
-                    fd, tmp = tempfile.mkstemp(prefix=".tmp-long-", suffix=".f32", dir=Path(out).parent)
-                    os.close(fd)
-                    scratch.append(Path(tmp))
-                    long[utt] = logmel_long(path, tmp, cfg, start, end, peak=peak)
-                    continue
-            except AudioError as e:
-                failed[utt] = str(e)
-                continue
-            if is_silent(wav):
-                failed[utt] = f"{path}: silent audio (peak {float(np.abs(wav).max(initial=0.0)):.1e}), nothing to learn from"
-                continue
-            utts.append(utt)
-            wavs.append(wav)
-        computed = dict(zip(utts, zip(wavs, _features(utts, wavs, cfg, batch_size, device, failed))))
-        kept: list[tuple[str, np.ndarray | LongLogmel, float]] = []
-        for utt, _, _, _ in items:
-            if utt in long:
-                lm = long[utt]
-                if not np.isfinite(lm.db_max):
-                    failed[utt] = f"features of {lm.frames} frames hold NaN/inf"
-                    continue
-                kept.append((utt, lm, lm.samples / cfg.sample_rate))
-            elif utt in computed:
-                wav, feats = computed[utt]
-                if feats is None:
-                    continue
-                if feats.shape[0] != cfg.n_mels or feats.shape[1] == 0 or not np.isfinite(feats).all():
-                    failed[utt] = f"features of shape {tuple(feats.shape)} are empty or hold NaN/inf"
-                    continue
-                kept.append((utt, feats, len(wav) / cfg.sample_rate))
-        _write_shard(Path(out), kept, failed, cfg.n_mels)
-    finally:
-        for p in scratch:
-            p.unlink(missing_ok=True)
-    seconds = sum(s for _, _, s in kept)
-    return {"shard": shard, "seconds": seconds, "cpu_seconds": time.process_time() - cpu0}
-
-
-def _write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str, str], n_mels: int) -> None:
-    """Write a shard .npz (the layout of ``np.savez``) with ``feats`` streamed in blocks,
-    so a long recording's features never sit in memory whole."""
-    from .longaudio import LongLogmel
-
-    lengths = [f.frames if isinstance(f, LongLogmel) else f.shape[1] for _, f, _ in kept]
-    bad = sorted(failed)
-    arrays = {
-        "lengths": np.array(lengths, dtype=np.int64),
-        "utts": np.array([u for u, _, _ in kept], dtype=str),
-        "seconds": np.array([s for _, _, s in kept], dtype=np.float64),
-        "failed_utts": np.array(bad, dtype=str),
-        "failed_reasons": np.array([" ".join(failed[u].split()) for u in bad], dtype=str),
-    }
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-              "shape": (sum(lengths), n_mels)}
-    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as f, \
-            zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("feats.npy", "w", force_zip64=True) as entry:
-            np.lib.format.write_array_header_1_0(entry, header)
-            for _, feats, _ in kept:
-                for block in feats.blocks() if isinstance(feats, LongLogmel) else [feats]:
-                    entry.write(np.ascontiguousarray(block.T, dtype="<f4").data)
-        for name, arr in arrays.items():
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, arr, allow_pickle=False)
-
-
-def _shard_rows(shard: Path, n_mels: int, lengths: list[int]) -> Iterator[Iterator[np.ndarray]]:
-    """Per utterance of a shard, its features as consecutive ``[n_mels, t]`` blocks read
-    from the .npz in pieces of at most :data:`PACK_BLOCK_ROWS` frames. Each utterance's
-    blocks must be consumed before the next is asked for."""
-    def rows(entry: Any, length: int) -> Iterator[np.ndarray]:
-        left = length
-        while left:
-            k = min(left, PACK_BLOCK_ROWS)
-            data = entry.read(k * n_mels * 4)
-            if len(data) != k * n_mels * 4:
-                raise FeatureStoreError(f"shard {shard} is corrupt (its features end early); delete it and rerun")
-            yield np.frombuffer(data, dtype="<f4").reshape(k, n_mels).T
-            left -= k
-
-    with zipfile.ZipFile(shard) as zf, zf.open("feats.npy") as entry:
-        version = np.lib.format.read_magic(entry)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(entry)
-        if shape != (sum(lengths), n_mels) or fortran or dtype != np.dtype("<f4"):
-            raise FeatureStoreError(f"shard {shard} holds {dtype} {shape}, expected float32 ({sum(lengths)}, {n_mels}); "
-                                    "delete it and rerun")
-        for length in lengths:
-            yield rows(entry, length)
-
-
-def _features(
-    utts: list[str], wavs: list[np.ndarray], cfg: FeatureConfig, batch_size: int, device: str, failed: dict[str, str]
-) -> list[np.ndarray | None]:
-    """[n_mels, T] per wav, or None for one whose features raise (recorded in ``failed``)."""
-    from .features import logmel, logmel_many
-
-    def one(i: int) -> np.ndarray | None:
-        try:
-            if batch_size == 0:
-                return logmel(wavs[i], cfg.sample_rate, cfg)
-            return logmel_many([wavs[i]], cfg, device, batch_size=1)[0]
-        except (AudioError, ValueError) as e:
-            failed[utts[i]] = f"features failed: {e}"
-            return None
-
-    if batch_size > 1 and wavs:
-        try:
-            return list(logmel_many(wavs, cfg, device, batch_size=batch_size))
-        except (AudioError, ValueError):
-            pass  # one utterance spoils its batch: redo one by one to find it
-    return [one(i) for i in range(len(wavs))]
-
-
 def _run_shards(
     parts: Path, shards: list[list[Item]], todo: list[int], config: FeatureConfig, nj: int,
     device: str, batch_size: int, progress: bool, total: int, initial: int,
@@ -394,7 +240,7 @@ def _run_shards(
     from tqdm import tqdm
 
     cfg = config.to_dict()
-    jobs = {k: (k, str(_shard_path(parts, k)), shards[k], cfg, batch_size, device) for k in todo}
+    jobs = {k: (k, str(shard_path(parts, k)), shards[k], cfg, batch_size, device) for k in todo}
     results: list[dict[str, Any]] = []
     with tqdm(total=total, initial=initial, unit="utt", desc="extract", disable=None if progress else True) as bar:
         if min(nj, len(todo)) <= 1:
@@ -409,7 +255,7 @@ def _run_shards(
                 torch.set_num_threads(1)
             try:
                 for k in todo:
-                    results.append(_compute_shard(*jobs[k]))
+                    results.append(compute_shard(*jobs[k]))
                     bar.update(len(shards[k]))
             finally:
                 if torch:
@@ -419,7 +265,7 @@ def _run_shards(
         pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(use_torch),
                                    initializer=_init_worker, initargs=(use_torch,))
         try:
-            futures = {pool.submit(_compute_shard, *jobs[k]): k for k in todo}
+            futures = {pool.submit(compute_shard, *jobs[k]): k for k in todo}
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -447,24 +293,11 @@ def _mp_context(use_torch: bool) -> multiprocessing.context.BaseContext:
 # ------------------------------------------------------------------------------ packing
 
 
-def _shard_totals(parts: Path, n: int) -> tuple[dict[str, str], float, int]:
-    """Failures, audio seconds and frames over the shards that exist."""
-    failed: dict[str, str] = {}
-    seconds, frames = 0.0, 0
-    for k in range(n):
-        if _shard_path(parts, k).is_file():
-            with np.load(_shard_path(parts, k), allow_pickle=False) as z:
-                failed.update(zip(z["failed_utts"].tolist(), z["failed_reasons"].tolist()))
-                seconds += float(z["seconds"].sum())
-                frames += int(z["lengths"].sum())
-    return failed, seconds, frames
-
-
 def _pack(
     parts: Path, feat_dir: Path, n: int, utt2spk: dict[str, str], config: FeatureConfig,
     fingerprint: str, data_dir: str | Path,
 ) -> tuple[FeatureStore, dict[str, str], float]:
-    failed, seconds, num_frames = _shard_totals(parts, n)
+    failed, seconds, num_frames = shard_totals(parts, n)
     if failed:
         atomic_write_text(feat_dir / FAILED, "".join(f"{u}\t{failed[u]}\n" for u in sorted(failed)))
     else:
@@ -477,14 +310,9 @@ def _pack(
         )
 
     def blocks() -> Iterator[tuple[str, str, Iterator[np.ndarray]]]:
-        # Shards are consecutive runs of the sorted utterances: packing them in order
-        # keeps the store sorted; features are copied a block at a time.
-        for k in range(n):
-            shard = _shard_path(parts, k)
-            with np.load(shard, allow_pickle=False) as z:
-                utts, lengths = z["utts"].tolist(), z["lengths"].tolist()
-            for utt, rows in zip(utts, _shard_rows(shard, config.n_mels, lengths)):
-                yield utt, utt2spk[utt], rows
+        # Shards in order keep the store sorted; features are copied a block at a time.
+        for utt, rows in read_shards(parts, n, config.n_mels):
+            yield utt, utt2spk[utt], rows
 
     extra = {"extraction": {
         "data_dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint,
@@ -493,7 +321,3 @@ def _pack(
     store = write_featstore(feat_dir, blocks(), config, num_frames=num_frames, extra=extra)
     shutil.rmtree(parts, ignore_errors=True)
     return store, failed, seconds
-
-
-# ------------------------------------------------------------------------------ CLI
-

@@ -59,7 +59,7 @@ def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeyp
     data = clip_data_dir(tmp_path / "data", speech_files, per_voice=3)
     feats = tmp_path / "feats"
     monkeypatch.setattr("sqvae_speech.data.extract.SHARD_SIZE", 3)
-    _disk_full(monkeypatch, "data.extract", "shard-", nth=3, after=20_000)
+    _disk_full(monkeypatch, "data.shards", "shard-", nth=3, after=20_000)
     assert cli_main(["extract", str(data), str(feats), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"disk full while writing {feats / '.parts/shard-00002.npz'}" in err
@@ -69,7 +69,7 @@ def test_disk_full_while_writing_a_feature_shard(speech_files, tmp_path, monkeyp
     with pytest.raises(FeatureStoreError, match="incomplete"):
         FeatureStore.open(feats)
 
-    monkeypatch.setattr("sqvae_speech.data.extract.open", open)  # space was freed
+    monkeypatch.setattr("sqvae_speech.data.shards.open", open)  # space was freed
     s = extract(data, feats, shard_size=3, progress=False)
     assert s.complete and s.shards_computed == [2, 3] and len(s.failed) == 0 and s.num_utterances == 12
 

@@ -167,7 +167,7 @@ def test_extraction_killed_mid_shard_redoes_only_missing_shards(clips_and_refere
     small_shards = "sqvae_speech.data.extract:SHARD_SIZE=3"
     for _ in range(2):  # killed twice, each time part-way through a random shard file
         kept = _shards(feats) if (feats / ".parts").is_dir() else {}
-        fault = spec("sqvae_speech.data.extract", "shard-", rng.randint(1, 2), rng.randint(1, 60_000), "kill")
+        fault = spec("sqvae_speech.data.shards", "shard-", rng.randint(1, 2), rng.randint(1, 60_000), "kill")
         res = run_driver(*args, faults=fault, test_set=small_shards)
         assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
         with pytest.raises(FeatureStoreError, match="incomplete"):
