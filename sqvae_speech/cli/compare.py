@@ -158,33 +158,54 @@ def read_metrics(exp_dir: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def _curve_groups(exp_dirs: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, runs) per setup, as the table groups them; each dir alone without results."""
+    try:
+        return [(g.name, g.exps) for g in group_results(load_results(exp_dirs))]
+    except SQVAEError:
+        return [(Path(d).name, [d]) for d in exp_dirs]
+
+
+def _mean_curve(runs: list[str], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps logged by every run, and the mean, min and max of ``key`` over the runs there."""
+    series = []
+    for d in runs:
+        m = read_metrics(d)
+        series.append({r["step"]: (math.nan if r.get(key) is None else float(r[key])) for r in m})
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    values = np.array([[s[t] for t in steps] for s in series], dtype=np.float64).reshape(len(series), len(steps))
+    return np.array(steps), values.mean(0), values.min(0), values.max(0)
+
+
 def plot_curves(exp_dirs: list[str], out: str | Path) -> None:
-    """Batch perplexity, mean log-variance and training dB^2 MSE vs step, one line per experiment."""
+    """Batch perplexity, mean log-variance and training dB^2 MSE vs step: one line per
+    setup (the mean over its seeds, the band from the lowest to the highest seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [("perplexity", "batch perplexity"), ("log_var_mean", "mean encoder log sigma^2"), ("mse_db2", "train dB^2 MSE")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
-    for d in exp_dirs:
-        m = read_metrics(d)
-        if not m:
-            continue
-        steps = [r["step"] for r in m]
+    groups = _curve_groups(exp_dirs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2 + 0.22 * ((len(groups) + 2) // 3)))
+    colors = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    for i, (label, runs) in enumerate(groups):
         for ax, (key, _) in zip(axes, panels):
-            ys = [float("nan") if r.get(key) is None else r[key] for r in m]
-            if key == "log_var_mean" and all(math.isnan(y) for y in ys):
-                continue  # the VQ-VAE has no variance
-            ax.plot(steps, ys, label=Path(d).name)
+            steps, mean, low, high = _mean_curve(runs, key)
+            if not len(steps) or np.isnan(mean).all():
+                continue  # no variance (VQ, FSQ) or no metrics
+            color = colors(i % colors.N)
+            ax.plot(steps, mean, color=color, label=label if key == "mse_db2" else None, lw=1.2)
+            if len(runs) > 1:
+                ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
     for ax, (key, title) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if key == "mse_db2":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(groups) + 2) // 3), 1, 1))
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
