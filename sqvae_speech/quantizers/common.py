@@ -130,3 +130,28 @@ def lookup_codes(table: Tensor, indices: Tensor, name: str) -> Tensor:
         )
     pad = idx < 0
     return table[idx.clamp_min(0)].masked_fill(pad.unsqueeze(-1), 0)
+
+
+def nearest_code_output(z: Tensor, mask: Tensor | None, zv: Tensor, zq: Tensor, idx: Tensor,
+                        commitment_weight: float, num_embeddings: int) -> QuantizerOutput:
+    """The output of a nearest-code quantizer (VQ-EMA, k-means VQ).
+
+    z: [B, L, D] the input; zv: [N, D] its valid rows (as compared with the codes); zq: [N, D]
+    their codes; idx: [N] the code indices. z_q is straight-through with the exact value of
+    the codes (``zv - zv.detach()`` is exactly 0); the loss is the commitment term,
+    ``commitment_weight * sum (zv - zq)^2 / D`` (divide by the valid positions for the mean
+    squared error the references use).
+    """
+    batch, length, dim = z.shape
+    commitment = commitment_weight * (zv - zq).square().sum() / dim
+    quantized_rows = zq + (zv - zv.detach())
+    return QuantizerOutput(
+        quantized=scatter_rows(quantized_rows, mask, batch, length).to(z.dtype),
+        indices=scatter_rows(idx, mask, batch, length, fill=-1),
+        loss=commitment,
+        kl_continuous=commitment,
+        kl_discrete=commitment.new_zeros(()),
+        perplexity=rows_perplexity(idx, num_embeddings),
+        log_var_mean=commitment.new_full((), float("nan")),
+        num_valid=count_valid(z, mask),
+    )

@@ -48,11 +48,9 @@ from .common import (
     QuantizerOutput,
     check_inputs,
     compute_dtype,
-    count_valid,
     full_precision,
     lookup_codes,
-    rows_perplexity,
-    scatter_rows,
+    nearest_code_output,
     valid_rows,
 )
 from .ema import code_statistics, kmeans, nearest_code, sample_rows
@@ -165,7 +163,6 @@ class KMeansVQ(nn.Module):
         returned codes and the loss use the pre-update ones).
         """
         mask = check_inputs(z, mask, self.embedding_dim, "KMeansVQ")
-        batch, length, _ = z.shape
         with full_precision(z.device):
             dtype = compute_dtype(z, self.codebook)
             zv = valid_rows(z.to(dtype), mask)
@@ -177,18 +174,7 @@ class KMeansVQ(nn.Module):
             zq = self.codebook.to(dtype)[idx]
             if self.training:
                 self._ema_update(zv.detach(), idx)
-            commitment = self.commitment_weight * (zv - zq).square().sum() / self.embedding_dim
-            quantized_rows = zq + (zv - zv.detach())
-            return QuantizerOutput(
-                quantized=scatter_rows(quantized_rows, mask, batch, length).to(z.dtype),
-                indices=scatter_rows(idx, mask, batch, length, fill=-1),
-                loss=commitment,
-                kl_continuous=commitment,
-                kl_discrete=commitment.new_zeros(()),
-                perplexity=rows_perplexity(idx, self.num_embeddings),
-                log_var_mean=commitment.new_full((), math.nan),
-                num_valid=count_valid(z, mask),
-            )
+            return nearest_code_output(z, mask, zv, zq, idx, self.commitment_weight, self.num_embeddings)
 
     @torch.no_grad()
     def _init_codebook(self, rows: Tensor) -> None:

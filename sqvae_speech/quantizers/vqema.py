@@ -65,7 +65,6 @@ the first batch does not reach with a data vector at step 1; a re-seeded code th
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -76,11 +75,9 @@ from .common import (
     QuantizerOutput,
     check_inputs,
     compute_dtype,
-    count_valid,
     full_precision,
     lookup_codes,
-    rows_perplexity,
-    scatter_rows,
+    nearest_code_output,
     valid_rows,
 )
 from .ema import code_statistics, nearest_code, sample_rows
@@ -191,7 +188,6 @@ class VQEMA(nn.Module):
         updated after quantizing (the returned codes and the loss use the pre-update ones).
         """
         mask = check_inputs(z, mask, self.embedding_dim, "VQEMA")
-        batch, length, _ = z.shape
         with full_precision(z.device):
             dtype = compute_dtype(z, self.codebook)
             zv = valid_rows(z.to(dtype), mask)
@@ -199,19 +195,7 @@ class VQEMA(nn.Module):
             zq = self.codebook.to(dtype)[idx]  # indexing copies: safe from the in-place update below
             if self.training:
                 self._ema_update(zv.detach(), idx)
-            commitment = self.commitment_cost * (zv - zq).square().sum() / self.embedding_dim
-            # Straight-through with the exact value of z_q: zv - zv.detach() is exactly 0.
-            quantized_rows = zq + (zv - zv.detach())
-            return QuantizerOutput(
-                quantized=scatter_rows(quantized_rows, mask, batch, length).to(z.dtype),
-                indices=scatter_rows(idx, mask, batch, length, fill=-1),
-                loss=commitment,
-                kl_continuous=commitment,
-                kl_discrete=commitment.new_zeros(()),
-                perplexity=rows_perplexity(idx, self.num_embeddings),
-                log_var_mean=commitment.new_full((), math.nan),
-                num_valid=count_valid(z, mask),
-            )
+            return nearest_code_output(z, mask, zv, zq, idx, self.commitment_cost, self.num_embeddings)
 
     @torch.no_grad()
     def _ema_update(self, rows: Tensor, idx: Tensor) -> None:
