@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 def is_distributed() -> bool:
     """True when torch.distributed is initialized with more than one process."""
@@ -91,3 +93,17 @@ def kmeans(rows: Tensor, num_clusters: int, num_iters: int, cosine: bool = False
             new = F.normalize(new, dim=-1)
         means = torch.where(empty.unsqueeze(1), means, new)
     return means, counts
+
+
+def check_ema_arguments(name: str, num_embeddings: int, embedding_dim: int, decay: float, epsilon: float,
+                        commitment: tuple[str, float]) -> None:
+    """The argument checks every EMA-codebook quantizer shares; ``commitment`` is (its
+    argument's name, value). A bad value is a ConfigError that names ``name``."""
+    if num_embeddings < 2 or embedding_dim < 1:
+        raise ConfigError(f"{name} needs K >= 2 and D >= 1, got K={num_embeddings}, D={embedding_dim}")
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"{name} decay must be in (0, 1), got {decay}")
+    if not epsilon > 0.0:
+        raise ConfigError(f"{name} epsilon must be > 0, got {epsilon}")
+    if not commitment[1] >= 0.0:
+        raise ConfigError(f"{name} {commitment[0]} must be >= 0, got {commitment[1]}")

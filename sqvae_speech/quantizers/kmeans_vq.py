@@ -53,7 +53,7 @@ from .common import (
     nearest_code_output,
     valid_rows,
 )
-from .ema import code_statistics, kmeans, nearest_code, sample_rows
+from .ema import check_ema_arguments, code_statistics, kmeans, nearest_code, sample_rows
 
 
 class KMeansVQ(nn.Module):
@@ -93,14 +93,7 @@ class KMeansVQ(nn.Module):
         use_cosine_sim: bool = False,
     ) -> None:
         super().__init__()
-        if num_embeddings < 2 or embedding_dim < 1:
-            raise ConfigError(f"k-means VQ needs K >= 2 and D >= 1, got K={num_embeddings}, D={embedding_dim}")
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"k-means VQ decay must be in (0, 1), got {decay}")
-        if not epsilon > 0.0:
-            raise ConfigError(f"k-means VQ epsilon must be > 0, got {epsilon}")
-        if not commitment_weight >= 0.0:
-            raise ConfigError(f"k-means VQ commitment_weight must be >= 0, got {commitment_weight}")
+        check_ema_arguments("k-means VQ", num_embeddings, embedding_dim, decay, epsilon, ("commitment_weight", commitment_weight))
         if kmeans_iters < 0:
             raise ConfigError(f"k-means VQ kmeans_iters must be >= 0, got {kmeans_iters}")
         if not threshold_ema_dead_code >= 0.0:

@@ -80,7 +80,7 @@ from .common import (
     nearest_code_output,
     valid_rows,
 )
-from .ema import code_statistics, nearest_code, sample_rows
+from .ema import check_ema_arguments, code_statistics, nearest_code, sample_rows
 
 INITS = ("uniform", "normal")
 
@@ -121,14 +121,7 @@ class VQEMA(nn.Module):
         reset_threshold: float = 0.1,
     ) -> None:
         super().__init__()
-        if num_embeddings < 2 or embedding_dim < 1:
-            raise ConfigError(f"VQ-EMA needs K >= 2 and D >= 1, got K={num_embeddings}, D={embedding_dim}")
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"VQ-EMA decay must be in (0, 1), got {decay}")
-        if not epsilon > 0.0:
-            raise ConfigError(f"VQ-EMA epsilon must be > 0, got {epsilon}")
-        if not commitment_cost >= 0.0:
-            raise ConfigError(f"VQ-EMA commitment_cost must be >= 0, got {commitment_cost}")
+        check_ema_arguments("VQ-EMA", num_embeddings, embedding_dim, decay, epsilon, ("commitment_cost", commitment_cost))
         if init not in INITS:
             raise ConfigError(f"VQ-EMA init '{init}' unknown; choose one of {', '.join(INITS)}")
         if not init_count >= 0.0:
