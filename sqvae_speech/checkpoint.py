@@ -152,7 +152,11 @@ def save_checkpoint(exp_dir: str | Path, step: int, payload: dict[str, Any], kee
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; a truncated, foreign or corrupt file is a CheckpointError."""
+    """Load and check a checkpoint; a truncated, foreign or corrupt file is a CheckpointError.
+
+    A model file (:mod:`sqvae_speech.modelfile`) is read too: it gives the same keys
+    (``step``, ``config``, ``model``, ``version``) plus ``model_file``, the rest of it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -161,11 +165,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt or not a "
-            "PyTorch file: use an earlier checkpoint from the same directory"
+            f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt, not a PyTorch file "
+            "or one that holds more than tensors and plain values (another program's): use an earlier "
+            "checkpoint from the same directory, or a model file written by `sqvae-speech package`"
         ) from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == "sqvae-speech-model":
+        from .modelfile import model_file_to_checkpoint
+
+        return model_file_to_checkpoint(ckpt, path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an sqvae-speech checkpoint (no '{FORMAT}' marker)")
+        raise CheckpointError(f"{path} is not an sqvae-speech checkpoint or model file (no '{FORMAT}' or "
+                              "'sqvae-speech-model' marker): was it written by another program?")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}; this toolkit reads up to {VERSION}: upgrade sqvae-speech")
     for key in ("step", "config", "model"):

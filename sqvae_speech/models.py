@@ -143,9 +143,19 @@ class SpeechSQVAE(nn.Module):
     # -- inference -----------------------------------------------------------------
     @torch.no_grad()
     def encode(self, mels: Tensor, lengths: Tensor) -> Encoded:
-        """Deterministic quantization (argmin). Call in eval mode. mels [B, n_mels, T]."""
-        z, log_var, lat_lengths = self._encode_raw(mels, lengths)
-        q = self._quantize(z, log_var, lat_lengths, temperature=1.0)
+        """Deterministic quantization (argmin) of mels [B, n_mels, T], lengths [B].
+
+        Runs in evaluation mode whatever mode the module is in (batch-norm running
+        statistics, no Gumbel draw, no codebook update: nothing is changed), and returns
+        to that mode afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            z, log_var, lat_lengths = self._encode_raw(mels, lengths)
+            q = self._quantize(z, log_var, lat_lengths, temperature=1.0)
+        finally:
+            self.train(was_training)
         return Encoded(z, log_var, q.quantized, q.indices, lat_lengths)
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import SQVAEError
 from ..synthesis.conversion_list import (
+    ConversionItem,
     choose_speakers,
     make_conversion_list,
     merge_datadirs,
@@ -40,8 +41,13 @@ F0_UTTS_PER_SPEAKER = 50  # ~3 min of speech per speaker; harvest takes ~150 CPU
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exp", required=True, help="experiment dir (newest checkpoint) or a checkpoint file")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="audio files to convert to each --speaker (instead of --list / --make-list); any format, "
+                        "rate and channel count; outputs OUT/<stem>_to_<speaker>.wav")
+    p.add_argument("--exp", "--model", dest="exp", required=True,
+                   help="model file (sqvae-speech package), experiment dir (newest checkpoint) or checkpoint file")
+    p.add_argument("--speaker", help="with FILEs: the target speaker(s), separated by commas")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--list", dest="conv_list", help="rows 'source target_speaker output_name' (source: utterance id or audio path)")
     src.add_argument("--make-list", metavar="DATA_DIR", nargs="+",
                      help="build the list: the first --per-speaker utterances of each source speaker of the DATA_DIRs "
@@ -101,8 +107,15 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
 
     data = args.data
+    given = [x for x, on in (("FILEs", args.files), ("--list", args.conv_list), ("--make-list", args.make_list)) if on]
+    if len(given) != 1:
+        raise SQVAEError("give the sources one way: audio FILEs with --speaker, --list LIST or --make-list DATA_DIR"
+                         + (f" (got {' and '.join(given)})" if given else ""))
     model, cfg = load_model(args.exp)[:2] if args.make_list or args.f0_data else (None, None)
-    if args.conv_list:
+    if args.files:
+        items, where = file_items(args.files, speaker_names(args.speaker)), "the command line"
+        source_speakers, dd = [], None
+    elif args.conv_list:
         items, where = read_conversion_list(args.conv_list), str(args.conv_list)
         source_speakers: list[str] = []
         dd = None
@@ -146,6 +159,25 @@ def run(args: argparse.Namespace) -> int:
     extra = f"; reconstructions: mean dB^2 MSE {np.mean(recon):.1f}" if recon else ""
     print(f"{len(manifest)} items written to {args.out} ({args.vocoder}){extra}; listen: {Path(args.out) / 'index.html'}")
     return 0
+
+
+def file_items(files: Sequence[str], speakers: list[str] | None) -> list[ConversionItem]:
+    """Each audio file converted to each speaker, named ``<stem>_to_<speaker>``."""
+    if not speakers:
+        raise SQVAEError("converting FILEs needs --speaker (one or more target speakers, separated by commas)")
+    items, used = [], set()
+    for f in files:
+        if not Path(f).is_file():
+            raise SQVAEError(f"{f}: no such audio file")
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", Path(f).stem).lstrip("._-") or "audio"
+        for spk in speakers:
+            name, k = f"{stem}_to_{re.sub(r'[^A-Za-z0-9._+-]', '_', spk)}", 1
+            while name in used:
+                k += 1
+                name = f"{stem}-{k}_to_{spk}"
+            used.add(name)
+            items.append(ConversionItem(str(f), spk, name))
+    return items
 
 
 def write_subset(dd: DataDir, utterances: Sequence[str], out: Path) -> None:

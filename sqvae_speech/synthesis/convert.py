@@ -203,6 +203,14 @@ class Converter:
         return self.vocode(src, mel, target, offset=1), mel
 
 
+def packaged_f0_stats(path: str | Path) -> F0Stats | None:
+    """The F0 statistics a model file carries (None for a checkpoint or a file without them)."""
+    from ..checkpoint import load_checkpoint
+
+    packaged = load_checkpoint(path).get("model_file", {}).get("f0_stats")
+    return F0Stats.from_dict(packaged, f"the F0 statistics in {path}") if packaged else None
+
+
 def match_loudness(wav: np.ndarray, src: Source) -> np.ndarray:
     """``wav [N]`` scaled to the RMS of its source recording, then peak-limited; unchanged
     without a recording or for silence. Listeners compare voices, not levels: a decoder
@@ -239,7 +247,7 @@ def run_conversion(
 
     t0 = time.time()
     model, cfg, step, ckpt = load_model(exp)
-    stats = read_f0_stats(f0_stats) if f0_stats else None
+    stats = read_f0_stats(f0_stats) if f0_stats else packaged_f0_stats(ckpt)
     conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm)
     for n, it in enumerate(items, 1):
         conv.check_target(it.target, f"{where} row {n} ('{it.name}')")
@@ -284,7 +292,7 @@ def run_conversion(
         page.append(PageItem(src.speaker or "(unknown speaker)", src.label, it.target, entry["wav"], entry["png"], caption))
         manifest.append(entry)
     atomic_write_json(out_dir / MANIFEST, {"exp": str(exp), "checkpoint": str(ckpt), "step": step, "vocoder": vocoder,
-                                           "f0_stats": str(f0_stats) if f0_stats else None, "f0_norm": f0_norm,
+                                           "f0_stats": str(f0_stats) if f0_stats else ("packaged" if stats else None), "f0_norm": f0_norm,
                                            "seconds": round(time.time() - t0, 1), "items": manifest})
     targets = list(dict.fromkeys(it.target for it in items))
     notes = (f"{cfg.model.variant} at step {step} ({ckpt}); vocoder: {vocoder}. Rows: source utterances; columns: the "

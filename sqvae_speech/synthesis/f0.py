@@ -204,6 +204,19 @@ class F0Stats:
             "speakers": {s: dataclasses.asdict(v) for s, v in sorted(self.speakers.items())},
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> F0Stats:
+        """The inverse of :meth:`to_dict`; a mapping of another kind or a newer version
+        raises ValueError (or KeyError / TypeError for a malformed one)."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"no '{FORMAT}' marker")
+        if data.get("version", 0) > VERSION:
+            raise ValueError(f"version {data['version']} is newer than this sqvae-speech reads ({VERSION})")
+        speakers = {s: SpeakerF0(**v) for s, v in data["speakers"].items()}
+        return cls(speakers, data["method"], float(data["f0_floor"]), float(data["f0_ceil"]),
+                   int(data["sample_rate"]), int(data["hop_length"]), data.get("data", ""),
+                   dict(data.get("failed", {})), path=path)
+
 
 def write_f0_stats(path: str | os.PathLike, stats: F0Stats) -> None:
     """Write ``stats`` as JSON, atomically."""
@@ -220,14 +233,7 @@ def read_f0_stats(path: str | os.PathLike) -> F0Stats:
         raise SQVAEError(f"F0 statistics {path} do not exist; {hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"no '{FORMAT}' marker")
-        if data.get("version", 0) > VERSION:
-            raise ValueError(f"version {data['version']} is newer than this sqvae-speech reads ({VERSION})")
-        speakers = {s: SpeakerF0(**v) for s, v in data["speakers"].items()}
-        return F0Stats(speakers, data["method"], float(data["f0_floor"]), float(data["f0_ceil"]),
-                       int(data["sample_rate"]), int(data["hop_length"]), data.get("data", ""),
-                       dict(data.get("failed", {})), path=str(path))
+        return F0Stats.from_dict(data, str(path))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SQVAEError(f"F0 statistics {path} cannot be read ({e}); {hint}") from None
 
