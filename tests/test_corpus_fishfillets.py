@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import soundfile
+import torch
 from corpus_trees import copy_recipe
 
 from sqvae_speech.corpora import fishfillets as ff
@@ -150,17 +152,18 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 
 
 def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
-    """Stages 0-4 on real speech: data dirs, features, two models trained, evaluated, compared."""
+    """Stages 0-7 on real speech: data dirs, features, two models trained, evaluated, compared,
+    converted, exported and packaged; the model file then encodes audio files as stage 6 exported them."""
     # A copy of the recipe, so its data/ and feats/ land in tmp_path; SQVAE_ROOT points
     # it at this repository's tools and virtual environment.
     recipe = copy_recipe("fishfillets", tmp_path)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
-    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "6",
+    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "7",
             "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml",
             "--convert-per-speaker", "1", "--flite-voices", "awb,slt", "--flite-sentences", "12"]
     r = _run_recipe(recipe, *opts)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(7):
+    for stage in range(8):
         assert f"Stage {stage}:" in r.stderr
     record = json.loads((recipe / "data" / ".prepare.json").read_text())
     assert record["corpus"] == "fishfillets" and record["corpus_dir"] == str(sound_dir.resolve())
@@ -177,10 +180,12 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
         assert store.utt2spk() == dd.utt2spk, split
         assert store[dd.utterances[0]].shape[0] == 80
         assert not (feats / "failed.txt").exists()
+    results = {}
     for variant in ("gaussian_4", "vqvae_ema"):
         exp = recipe / "exp" / variant
         assert (exp / ".done").is_file() and (exp / "checkpoints" / "ckpt-00000012.pt").is_file()
         result = json.loads((exp / "results.json").read_text())
+        results[variant] = result
         assert result["variant"] == variant and result["step"] == 12 and result["num_utterances"] == 12
         assert 0 < result["mse_db2"] < 10_000 and 1 <= result["used_codes"] <= 32
     table = (recipe / "exp" / "RESULTS.md").read_text()
@@ -203,11 +208,29 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
         assert rate["bitrate"] == pytest.approx(rate["frames"] / rate["duration_s"] * rate["entropy_bits"])
         abx = (recipe / "exp" / variant / "abx.md").read_text()
         assert "log-mel" in abx and "within" in abx.lower() and "across" in abx.lower()
+    # stage 7: the model file, used the way a user would on the held-out recordings themselves
+    model_file = recipe / "exp" / "gaussian_4.pt"
+    packaged = torch.load(model_file, weights_only=True)
+    assert packaged["format"] == "sqvae-speech-model" and packaged["step"] == 12
+    assert packaged["metrics"]["mse_db2"] == results["gaussian_4"]["mse_db2"] and packaged["f0_stats"] is not None
+    assert "gaussian_4" in (recipe / "exp" / "gaussian_4.md").read_text()
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for utt in test.utterances[:4]:
+        (audio / f"{utt}{Path(test.wav_scp[utt]).suffix}").symlink_to(test.wav_scp[utt])
+    enc = subprocess.run([sys.executable, "-m", "sqvae_speech.cli", "encode", "--model", str(model_file), str(audio),
+                          "--out", str(tmp_path / "units"), "--kind", "quantized", "--format", "zerospeech",
+                          "--no-progress"], capture_output=True, text=True, check=False, timeout=300)
+    assert enc.returncode == 0, enc.stderr[-3000:]
+    for utt in test.utterances[:4]:  # the same text, character for character, as stage 6's export
+        exported = recipe / "exp" / "gaussian_4" / "zerospeech" / "quantized" / f"{utt}.txt"
+        assert (tmp_path / "units" / f"{utt}.txt").read_text() == exported.read_text(), utt
+
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
     ckpts = {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
     # a rerun skips every finished stage and rewrites nothing (stage 6 is not repeated: slow)
-    r = _run_recipe(recipe, *[("5" if a == "6" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
+    r = _run_recipe(recipe, *[("5" if a == "7" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "data/.prepare.json: data is already prepared with these options: skipping" in r.stdout
     assert "feats/train/.done exists: skipping" in r.stderr

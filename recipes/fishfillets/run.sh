@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Fish Fillets NG voices (Czech and Dutch): corpus -> Kaldi data dirs -> log-mel features
 # -> SQ-VAE / VQ-VAE training -> dB^2 MSE and codebook usage -> voice conversion with a
-# listening page -> ZeroSpeech export, bitrate and ABX.
+# listening page -> ZeroSpeech export, bitrate and ABX -> a model file to share.
 # Every step is a stage; `./run.sh --stage 1 --stop-stage 1` reruns one. A finished stage
 # leaves a .done marker (stage 1: data/.prepare.json) and a rerun skips it (delete the
 # marker to redo it). See README.md for the corpus, the split and the outputs.
 set -euo pipefail
 
 stage=0                  # first stage to run
-stop_stage=6             # last stage to run
+stop_stage=7             # last stage to run
 nj=2                     # parallel jobs for feature extraction
 feature_config=conf/features.yaml  # feature settings (a 'features' section), relative to this recipe
 corpus_dir=""            # an existing sound dir (.../fillets-ng/sound) or download dir; empty: download into download/
@@ -35,7 +35,9 @@ mean +- std over seeds (exp/RESULTS.md, exp/curves.png),
 5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by the
 first variant (its first seed), with a listening page (exp/<variant>/conversion/index.html),
 6 ZeroSpeech 2019 export + bitrate of feats/test, ABX on an English flite set
-(exp/<variant>/abx.md); all written next to run.sh."
+(exp/<variant>/abx.md), 7 the first variant (its first seed) packaged into one model file
+with its F0 statistics and results (exp/<variant>.pt, model card exp/<variant>.md);
+all written next to run.sh."
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/parse_options.sh"
@@ -141,6 +143,15 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
       --items data/flite/abx.item --out $exp/$v/abx.json --table $exp/$v/abx.md --no-progress \
       --note "The models were trained on Czech and Dutch speech (Fish Fillets NG) and are scored here on English TTS voices (flite $flite_voices): a cross-language, out-of-domain test, not ZeroSpeech 2019 English."
   done
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  v=${runs# }; v=${v%% *}  # the first run of stage 3
+  log "Stage 7: package $exp/$v into the model file $exp/$v.pt"
+  f0_opt=""  # the F0 statistics of stage 5 travel with the model (WORLD conversion needs them)
+  if [ -f feats/train/f0_stats.json ]; then f0_opt="--f0-stats feats/train/f0_stats.json"; fi
+  sqvae-speech package $exp/$v $exp/$v.pt $f0_opt
+  log "use it on any audio: sqvae-speech encode --model $exp/$v.pt FILE_OR_DIR... --out DIR --format units"
 fi
 
 log "Done (stages $stage to $stop_stage)"
