@@ -61,8 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("sweep-plot", help="codebook perplexity vs K (the paper's Figure 5) and a table",
                        description="Read EXP/results_<split>.json of each experiment; plot set perplexity vs "
-                                   "codebook size K (log-log, the bound K dashed) and write a Markdown table.")
-    s.add_argument("exps", nargs="+", help="experiment dirs, evaluated")
+                                   "codebook size K (log-log, the bound K dashed) and write a Markdown table. Runs "
+                                   "of one variant and K with different seeds (train.seed) are one point: mean +- "
+                                   "sample std over the seeds in the table, error bars in the plot.")
+    s.add_argument("exps", nargs="+", help="experiment dirs, evaluated (several seeds of a variant and K: averaged)")
     s.add_argument("--split", default="test")
     s.add_argument("--out", required=True, help="PNG to write")
     s.add_argument("--table", help="Markdown file to write the table to (it is printed either way)")

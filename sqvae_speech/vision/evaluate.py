@@ -9,7 +9,8 @@ Reported (``EXP/results_<split>.json``):
   images; it depends on the batch size), ``set_perplexity`` (exp entropy of the code
   histogram of the whole split, bounded by K) and ``used_codes`` (the continuous VAE has
   no codes: perplexities NaN, written as null, and 0 used of 0);
-- ``loss``: the training objective per item (the validation criterion).
+- ``loss``: the training objective per item (the validation criterion);
+- ``seed``: the model's ``train.seed`` (runs that differ only by it are one point of a sweep).
 
 ``reconstructions_<split>.png``: the first images of the split (top) over their
 reconstructions (bottom); label maps drawn with one colour per class.
@@ -54,6 +55,7 @@ class VisionResult:
     pixel_accuracy: float = math.nan
     miou: float = math.nan
     per_class_iou: list[float] = field(default_factory=list)
+    seed: int | None = None  # train.seed of the model
     checkpoint: str = ""
     seconds: float = 0.0
 
@@ -160,7 +162,7 @@ def evaluate(exp_or_ckpt: str | Path, split: str = "test", which: str = "best", 
     m = evaluate_model(model, ds, cfg.train.eval_batch_size, dev, progress)
     result = VisionResult(dataset=cfg.data.name, split=split, variant=cfg.model.variant,
                           num_codes=model.num_codes, embedding_dim=cfg.model.embedding_dim, step=step,
-                          checkpoint=str(path), **m)  # type: ignore[arg-type]
+                          seed=cfg.train.seed, checkpoint=str(path), **m)  # type: ignore[arg-type]
     result.seconds = round(time.time() - t0, 2)
     exp_dir = Path(exp_or_ckpt) if Path(exp_or_ckpt).is_dir() else path.parent if path.name == "best.pt" else path.parent.parent
     # NaN (a metric that does not apply) becomes null: strict JSON has no NaN

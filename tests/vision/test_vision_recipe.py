@@ -12,6 +12,8 @@ from pathlib import Path
 
 from sqvae_speech.vision.datasets import read_idx
 
+from .test_vision_sweep import write_run
+
 VISION_REPO = Path(__file__).resolve().parents[2]
 RECIPE = VISION_REPO / "recipes" / "vision"
 TINY = """\
@@ -73,3 +75,23 @@ def test_recipe_sweep_end_to_end(vision_data: Path, tmp_path: Path) -> None:
     assert ckpts == {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
     r = _run(recipe, "--no-such-option", "1")
     assert r.returncode != 0 and "--ks" in r.stderr
+
+
+def test_recipe_seeds_run_dirs_and_stage_3(tmp_path: Path) -> None:
+    """--seeds: stage 3 reads <variant>_K<K>_seed<N> for every seed and averages them (the
+    runs are synthetic results files, so nothing trains); bad seeds stop before any stage."""
+    exp = tmp_path / "exp"
+    for v in ("gaussian_1", "vqvae_ema"):
+        for k in (16, 32):
+            for s in (0, 1):
+                write_run(exp, v, k, s, ppl=k / (2 if v == "vqvae_ema" else 1) - 1 - s, used=k - s, mse=0.01, step=20)
+    r = _run(RECIPE, "--stage", "3", "--seeds", "0 1", "--variants", "gaussian_1 vqvae_ema", "--ks", "16 32",
+             "--exp", str(exp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (exp / "RESULTS.md").read_text()
+    assert "| Gaussian SQ-VAE (I) | 14.5 +- 0.7 (16 +- 1) | 30.5 +- 0.7 (32 +- 1) |" in table
+    assert "| VQ-VAE w/ EMA | 32 | 2 (0, 1) | 20 | 14.5 +- 0.7 | 32 +- 1 |" in table
+    assert (exp / "perplexity.png").stat().st_size > 10_000
+    for bad, msg in (("0 x", "non-negative integers"), ("-1", "non-negative integers"), ("1 1", "names a seed twice")):
+        r = _run(RECIPE, "--stage", "3", "--seeds", bad, "--exp", str(exp))
+        assert r.returncode == 1 and msg in r.stderr and "Stage" not in r.stderr

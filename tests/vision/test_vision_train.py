@@ -50,6 +50,7 @@ def test_training_on_real_fashion_mnist_lowers_the_loss(vision_env: Path, tmp_pa
     assert 1.0 <= r.set_perplexity <= r.used_codes and 0 < r.mse < val[0]["mse"]
     saved = json.loads((exp / "results_test.json").read_text())
     assert saved["mse"] == pytest.approx(r.mse) and saved["pixel_accuracy"] is None  # strict JSON, no NaN
+    assert saved["seed"] == r.seed == cfg.train.seed == 0  # sweep-plot groups runs by it
     assert (exp / "reconstructions_test.png").stat().st_size > 1000
 
     with pytest.raises(ConfigError, match="--resume"):
