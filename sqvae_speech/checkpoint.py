@@ -164,6 +164,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) or first.startswith("Weights only load failed"):
+            # PyTorch's text goes on to suggest weights_only=False: never for a file of unknown origin
+            first = "it holds Python objects other than tensors and plain values, which are not loaded"
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt, not a PyTorch file "
             "or one that holds more than tensors and plain values (another program's): use an earlier "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import SQVAEError
 from ..zerospeech.bitrate import entropy_bits, read_durations, symbol_counts
-from ..zerospeech.export import FORMATS, load_feature_file, read_export_meta
+from ..zerospeech.export import READ_FORMATS, load_feature_file, read_export_meta
 
 
 def _feature_files(path: Path) -> dict[str, Path]:
@@ -29,12 +29,12 @@ def _feature_files(path: Path) -> dict[str, Path]:
     if meta is not None:
         if not meta.get("complete", False):
             raise SQVAEError(f"the export in {path} is incomplete: run the same `sqvae-speech export` again to finish it")
-        ext = FORMATS[meta["file_format"]]
+        ext = READ_FORMATS[meta["file_format"]]
         return {name: path / (name + ext) for name in meta["names"].values()}
-    exts = tuple(FORMATS.values())
+    exts = tuple(READ_FORMATS.values())
     files = {str(f.relative_to(path).with_suffix("")): f for f in sorted(path.rglob("*")) if f.suffix in exts and f.is_file()}
     if not files:
-        raise SQVAEError(f"no .txt/.npy/.npz feature files in {path}")
+        raise SQVAEError(f"no .txt/.npy/.npz/.units feature files in {path}")
     return files
 
 

@@ -24,6 +24,8 @@ def read_units(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SQVAEError(f"units file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise SQVAEError(f"units file {path} is empty")
     if path.suffix == ".units":
         try:
             tokens = path.read_text(encoding="utf-8").split()

@@ -106,7 +106,7 @@ def collect_inputs(paths: Sequence[str | os.PathLike], lists: Sequence[str | os.
 
 def _write(model: Model, audio: str, path: Path, kind: str, file_format: str, dedup_units: bool) -> float:
     """Encode one file into ``path`` atomically, chunk by chunk: only one chunk's values are
-    in memory (for ``units`` the indices, 8 bytes a frame). Returns the audio's seconds."""
+    in memory. Returns the audio's seconds."""
     from .audio_input import check_length, mel_input
 
     with mel_input(audio, model.features) as inp:
@@ -116,8 +116,15 @@ def _write(model: Model, audio: str, path: Path, kind: str, file_format: str, de
                   for u in model._encode_input(inp))
         with atomic_path(path, suffix=path.suffix) as tmp, open(tmp, "wb") as f:
             if file_format == "units":
-                values = np.concatenate(list(pieces))
-                f.write((units_text(dedup(values) if dedup_units else values) + "\n").encode("utf-8"))
+                last, sep = None, ""  # a run of one unit may span chunks: --dedup carries its value over
+                for v in pieces:
+                    if dedup_units:
+                        v = dedup(v)
+                        v = v[1:] if last is not None and v.size and v[0] == last else v
+                    if v.size:
+                        f.write((sep + units_text(v)).encode("utf-8"))
+                        sep, last = " ", int(v[-1])
+                f.write(b"\n")
             elif file_format == "npy":
                 shape = (total,) if kind == "indices" else (total, model.config.model.embedding_dim)
                 dtype = np.dtype("<i8") if kind == "indices" else np.dtype("<f4")

@@ -28,7 +28,14 @@ import torch
 
 from ..config import ExperimentConfig, FeatureConfig
 from ..errors import AudioError, SQVAEError
-from .audio_input import AudioInput, MelInput, check_length, describe, mel_input
+from .audio_input import (
+    AudioInput,
+    MelInput,
+    check_length,
+    describe,
+    is_path,
+    mel_input,
+)
 from .units import Units
 
 CHUNK_FRAMES = 3000  # latent frames per encoder call on a long recording (60 s)
@@ -111,13 +118,13 @@ class Model:
                      max_frames: int = 8000) -> list[Units]:
         """Units of several recordings, run in length-bucketed padded batches of at most
         ``max_frames`` padded mel frames; equal to :meth:`encode` one at a time. Arrays
-        all share ``sample_rate``."""
+        all share ``sample_rate``; files, which may be mixed with them, read theirs from their headers."""
         from ..data.batching import Item, bucket_batches, collate
 
         out: list[Units | None] = [None] * len(items)
         short: list[tuple[int, MelInput]] = []
         for i, audio in enumerate(items):
-            with mel_input(audio, self.features, sample_rate) as inp:
+            with mel_input(audio, self.features, None if is_path(audio) else sample_rate) as inp:
                 check_length(inp, self.features)
                 if inp.mel is None or inp.frames > 2 * CHUNK_FRAMES + 2:
                     out[i] = Units.concatenate(list(self._encode_input(inp)))

@@ -47,6 +47,9 @@ from ..fileio import atomic_path, atomic_write_json
 
 KINDS = ("quantized", "indices", "auxiliary")
 FORMATS = {"zerospeech": ".txt", "npy": ".npy", "npz": ".npz"}
+# What readers (bitrate, abx) also take: `sqvae-speech encode --format units` writes
+# <name>.units, one line of code indices.
+READ_FORMATS = {**FORMATS, "units": ".units"}
 META = "export.json"
 META_FORMAT = "sqvae-export"
 # Text precision: 9 significant digits round-trip every float32 exactly, so equal codes
@@ -78,13 +81,16 @@ def load_feature_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray |
     """One feature file -> (values [T, D] (a 1-D file gives D = 1), times [T] or None).
 
     ``.txt``: whitespace-separated values, one frame per line (ZeroSpeech 2019);
-    ``.npy``: an array [T, D] or [T]; ``.npz``: ``features`` and optional ``times``.
+    ``.npy``: an array [T, D] or [T]; ``.npz``: ``features`` and optional ``times``;
+    ``.units``: one line of integer code indices (``sqvae-speech encode --format units``).
     """
     path = Path(path)
     times = None
     try:
         if path.suffix == ".txt":
             values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        elif path.suffix == ".units":
+            values = np.array([int(t) for t in path.read_text(encoding="utf-8").split()], dtype=np.int64)
         elif path.suffix == ".npy":
             values = np.load(path, allow_pickle=False)
         elif path.suffix == ".npz":
@@ -94,8 +100,8 @@ def load_feature_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray |
                 values = z["features"]
                 times = np.asarray(z["times"], dtype=np.float64) if "times" in z else None
         else:
-            raise ExportError(f"{path}: unknown feature file type '{path.suffix}' (use .txt, .npy or .npz)")
-    except (OSError, ValueError) as e:
+            raise ExportError(f"{path}: unknown feature file type '{path.suffix}' (use .txt, .npy, .npz or .units)")
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as e:
         raise ExportError(f"feature file {path} cannot be read ({e}); export it again") from None
     values = np.asarray(values)
     if values.ndim == 1:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import SQVAEError
 from ..export import (
-    FORMATS,
+    READ_FORMATS,
     ExportError,
     frame_times,
     load_feature_file,
@@ -103,7 +103,10 @@ def open_features(path: str | os.PathLike, rate: float | None = None, time_offse
             raise SQVAEError(f"{path} is an export dir: its frame times come from export.json; drop --rate/--time-offset")
         if not meta.get("complete", False):
             raise ExportError(f"the export in {path} is incomplete (interrupted?): run the same `sqvae-speech export` again to finish it")
-        ext = FORMATS[meta["file_format"]]
+        if meta.get("rate") is None:
+            raise ExportError(f"{path} holds units with repeats collapsed (--dedup): they have no frame times, which "
+                              "ABX needs; encode again without --dedup")
+        ext = READ_FORMATS[meta["file_format"]]
         return DirSource(path, (ext,), float(meta["rate"]), float(meta["time_offset"]),
                          f"export dir {path} ({meta['kind']}, {float(meta['rate']):g} Hz)")
     if rate is not None and rate <= 0:
