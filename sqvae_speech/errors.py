@@ -49,6 +49,14 @@ class CorpusError(SQVAEError):
     """A corpus directory does not have the expected layout or files."""
 
 
+class LockedError(SQVAEError):
+    """Another process is writing the directory this command would write.
+
+    Raised at once by :func:`sqvae_speech.locks.dir_lock`; the message names the other
+    process (pid, host, start time, command) and says what to do.
+    """
+
+
 class DiskFullError(SQVAEError, OSError):
     """A file could not be written because its file system is full (ENOSPC) or over quota.
 

@@ -7,6 +7,16 @@ quantization, decode as the utterance's own speaker (or the speaker a list names
 
 Utterances run in length-bucketed padded batches; the masked model makes the result
 equal to one-at-a-time evaluation. Writes ``EXP/results.json``.
+
+It holds the lock of the directory it writes the results into (:mod:`sqvae_speech.locks`)
+for its whole run, taken before the model loads: a conflict shows at once, not after the
+evaluation, and two evaluations never race for one ``results.json``. For the default
+``EXP/results.json`` that is the experiment dir, so an experiment that is not training
+(the usual case, and any number of evaluations one after another) is evaluated as before,
+while one that is training is refused with the trainer's pid: its newest checkpoint
+changes (and older ones are pruned) under the evaluation, and its ``results.json`` would
+describe a model that no longer is the experiment's. ``--out`` elsewhere evaluates a
+running training's checkpoint anyway (the lock is then on the ``--out`` file's directory).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from .data.batching import MIN_FRAMES, UtteranceDataset, bucket_batches, collate
 from .data.featstore import FeatureStore
 from .errors import FeatureStoreError, SQVAEError
 from .fileio import atomic_write_json
+from .locks import dir_lock
 from .models import DB_SCALE, SpeechSQVAE, codebook_size
 from .quantizers import CodebookUsage
 from .zerospeech.bitrate import entropy_bits
@@ -147,7 +158,25 @@ def code_bitrate(usage: CodebookUsage, seconds: float) -> float:
 def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None = None,
              out: str | Path | None = None, max_frames: int = 8000, device: str | None = None,
              progress: bool = True) -> EvalResult:
-    """Evaluate a checkpoint on a feature store (all utterances, own speakers) or a list."""
+    """Evaluate a checkpoint on a feature store (all utterances, own speakers) or a list.
+
+    Writes ``out`` (default ``EXP/results.json``), holding the lock of its directory
+    throughout (module docstring)."""
+    exp = Path(exp_or_ckpt)
+    if out:
+        results = Path(out)
+    elif exp.is_file():  # a checkpoint of EXP/checkpoints/, or a model file (results beside it)
+        results = exp.parent.parent / "results.json" if exp.parent.name == "checkpoints" else exp.with_suffix(".results.json")
+    else:
+        results = exp / "results.json"
+    with dir_lock(results.parent, "sqvae-speech evaluate"):
+        result = _evaluate(exp_or_ckpt, feats_dir, eval_list, max_frames, device, progress)
+        atomic_write_json(results, asdict(result))
+    return result
+
+
+def _evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None, max_frames: int,
+              device: str | None, progress: bool) -> EvalResult:
     t0 = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt_path = load_model(exp_or_ckpt)
@@ -170,7 +199,5 @@ def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Pa
         per_speaker_mse_db2={s: v[0] * DB_SCALE**2 / (n_mels * max(v[1], 1)) for s, v in sorted(per_spk.items())},
         checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2),
     )
-    exp_dir = Path(exp_or_ckpt) if Path(exp_or_ckpt).is_dir() else Path(ckpt_path).parent.parent
-    atomic_write_json(out or exp_dir / "results.json", asdict(result))
     return result
 

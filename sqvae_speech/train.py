@@ -8,6 +8,11 @@ Experiment dir: ``config.yaml`` (resolved), ``checkpoints/``, ``metrics.jsonl`` 
 per log interval), ``tensorboard/``. ``--resume`` continues from the newest checkpoint
 with model, optimizer, scheduler, scaler, step and RNG states; the temperature follows
 from the step.
+
+One run at a time trains in an experiment dir: :func:`train` holds its lock
+(:mod:`sqvae_speech.locks`), taken by the main process only (rank 0 under ``accelerate
+launch``), so a second ``train`` (or an ``evaluate`` writing ``EXP/results.json``) on it
+stops at once with :class:`~sqvae_speech.errors.LockedError`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import os
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ from .data.batching import BucketBatchSampler, CropDataset, UtteranceDataset, co
 from .data.featstore import FeatureStore
 from .errors import ConfigError, NonFiniteError
 from .fileio import atomic_write_text
+from .locks import dir_lock
 from .models import SpeechSQVAE, build_optimizer, describe
 from .nets import cpu as cpu_kernels
 from .nets.cpu.allocator import keep_freed_memory
@@ -106,9 +113,22 @@ class _Averager:
         return dict(zip(self.KEYS, values))
 
 
+def experiment_lock(exp_dir: str | Path) -> AbstractContextManager[Path | None]:
+    """The lock of an experiment dir, held by the main process only (:func:`~sqvae_speech.locks.dir_lock`)."""
+    return dir_lock(exp_dir, "sqvae-speech train", main_only=True)
+
+
 def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, resume: bool = False,
           cpu: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Train until ``cfg.train.steps`` (or ``stop_after`` more steps). Returns a summary dict."""
+    """Train until ``cfg.train.steps`` (or ``stop_after`` more steps). Returns a summary dict.
+
+    Holds the lock of ``exp_dir`` throughout (:func:`experiment_lock`)."""
+    with experiment_lock(exp_dir):
+        return _train(cfg, feats_dir, exp_dir, resume, cpu, progress, stop_after)
+
+
+def _train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, resume: bool,
+           cpu: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -302,4 +322,4 @@ def trim_metrics(exp_dir: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-__all__ = ["build_loader", "resolve_config", "train"]
+__all__ = ["build_loader", "experiment_lock", "resolve_config", "train"]

@@ -8,7 +8,9 @@ only where a GPU is lent. These tests hold both to account in every test run:
 - the analytic FLOP count of the encoder convolutions equals PyTorch's own count;
 - the GPU-only figures run end to end on the CPU with the CUDA calls stubbed, so a
   change in the package cannot break them unseen;
-- the "as run" figure's fresh processes run, ours with freed memory kept.
+- the "as run" figure's fresh processes run, ours with freed memory kept;
+- the encode figures run end to end on a few real files, and their identity check
+  catches a differing file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_as_run
+import bench_encode
 import bench_eval
 import bench_quantizer
 import bench_train
@@ -39,6 +42,7 @@ from sqvae_speech.config import (
 )
 from sqvae_speech.data.audio import load_audio
 from sqvae_speech.data.batching import CropDataset, collate
+from sqvae_speech.data.datadir import write_datadir
 from sqvae_speech.data.features import logmel
 from sqvae_speech.evaluate import evaluate_model
 from sqvae_speech.models import SpeechSQVAE
@@ -237,3 +241,35 @@ def test_as_run_figure_runs_each_side_in_a_fresh_process(real_featstore, tmp_pat
     assert len(r.config["ours_ms_all"]) == len(r.config["reference_ms_all"]) == 1
     assert set(r.config["per_step_median"]) == {"ours", "reference"}
     assert not (tmp_path / "as_run_batch.pt").exists()
+
+
+def test_encode_figures_run_on_a_few_real_files(speech_files, tmp_path):
+    """bench_encode end to end (6 real files, a tiny model, one timed round): both paths
+    write into fresh dirs, every file's indices are compared, and the figures come out
+    with a target on the ratio and the real-time rate."""
+    wav = {f"{spk}_{p.stem}": str(p) for spk, files in speech_files.items() for p in files[:2]}
+    write_datadir(tmp_path / "data" / "test", wav, {u: u.split("_")[0] for u in wav})
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text("model:\n  encoder: {channels: 32}\n  quantizer: {num_embeddings: 16, embedding_dim: 8}\n"
+                    "  decoder: {speaker_embedding_dim: 8, hidden_size: 16}\n")
+    ctx = _Ctx(None)
+    ctx.data_dir, ctx.work, ctx.threads = tmp_path / "data", tmp_path, 1
+    ratio, rtf = bench_encode.run(ctx, n_files=6, models={"tiny": (conf, 1.0)})
+    assert [ratio.name, rtf.name] == ["encode_vs_three_step_tiny", "encode_rtf_tiny"] == [r.name for r in ctx.logged]
+    assert ratio.unit == "s" and ratio.target == ">= 1.5x" and ratio.passed is not None
+    assert ratio.ratio == pytest.approx(ratio.reference / ratio.ours, rel=1e-2)
+    assert ratio.config["files"] == 6 and ratio.config["files_compared_identical"] == 12  # warm-up + 1 round
+    assert ratio.config["encoder_channels"] == 32 and set(ratio.config["reference_steps_s_median"]) == {
+        "datadir", "extract", "export"}
+    assert rtf.ours > 0 and rtf.target == "ours >= 1x rt" and rtf.passed is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tiny.yaml"]  # scratch dirs removed
+
+
+def test_encode_identity_check_catches_a_differing_file(tmp_path):
+    for side in ("ours", "reference"):
+        (tmp_path / side).mkdir()
+        np.save(tmp_path / side / "a.npy", np.arange(5, dtype=np.int64))
+    bench_encode.check_same_indices(["a"], tmp_path / "ours", tmp_path / "reference")
+    np.save(tmp_path / "reference" / "a.npy", np.array([0, 1, 2, 3, 5], dtype=np.int64))
+    with pytest.raises(AssertionError, match="differ for 1 of 1 files: a "):
+        bench_encode.check_same_indices(["a"], tmp_path / "ours", tmp_path / "reference")

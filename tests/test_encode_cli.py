@@ -162,6 +162,13 @@ def test_rerun_skips_written_files_and_another_encoding_is_refused(model_file, a
     assert (out / "sub" / "b_c.npy").is_file() and not list(out.rglob(".tmp-*"))
     meta = json.loads((out / "export.json").read_text())
     assert meta["complete"] and sorted(meta["names"].values()) == sorted(NAMES)
+    # a run killed before its export.json was final: the rerun describes the files it skips again
+    (out / "export.json").write_text(json.dumps({**meta, "names": {}, "durations": {}, "complete": False}))
+    rc, text, _ = _encode(model_file, [audio_dir], out, capsys=capsys)
+    assert rc == 0 and "3 already there" in text
+    again = json.loads((out / "export.json").read_text())
+    assert again["complete"] and again["names"] == meta["names"]
+    assert again["durations"] == pytest.approx(meta["durations"], abs=1e-9)
     rc, _, err = _encode(model_file, [audio_dir], out, "--kind", "auxiliary", capsys=capsys)
     assert rc == 2 and f"{out} holds another encoding (different kind); choose another --out or pass --overwrite" in err
     assert {f: f.stat().st_mtime_ns for f in files if f.name != "b_c.npy"} == {
@@ -170,6 +177,22 @@ def test_rerun_skips_written_files_and_another_encoding_is_refused(model_file, a
     rc, text, _ = _encode(model_file, [audio_dir], out, "--kind", "auxiliary", "--overwrite", capsys=capsys)
     assert rc == 0 and "encode: 3 file(s) written" in text
     assert np.load(out / "a.npy").shape[1] == 8 and json.loads((out / "export.json").read_text())["kind"] == "auxiliary"
+
+
+def test_batching_and_prefetch_do_not_change_the_outputs(model_file, audio_dir, tmp_path, capsys, monkeypatch):
+    """The pipeline's padded batches equal one file at a time, byte for byte (indices, units)."""
+    from sqvae_speech.inference import encode_files as ef
+
+    outs = {}
+    for frames, prefetch in ((1, 0), (100_000, 32)):  # every file alone; all files in one batch
+        monkeypatch.setattr(ef, "BATCH_FRAMES", frames)
+        monkeypatch.setattr(ef, "PREFETCH", prefetch)
+        for fmt in ("npy", "units"):
+            out = tmp_path / f"{fmt}{frames}"
+            assert _encode(model_file, [audio_dir], out, "--format", fmt, capsys=capsys)[0] == 0
+            outs[fmt, frames] = {p.relative_to(out): p.read_bytes() for p in out.rglob(f"*.{'npy' if fmt == 'npy' else 'units'}")}
+    for fmt in ("npy", "units"):
+        assert len(outs[fmt, 1]) == 3 and outs[fmt, 1] == outs[fmt, 100_000]
 
 
 def test_list_input_names_the_outputs(model, model_file, audio_dir, tmp_path, capsys):

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp", required=True, help="experiment dir (newest checkpoint) or a checkpoint file")
     p.add_argument("--feats", required=True, help="feature store with the evaluation utterances")
     p.add_argument("--list", dest="eval_list", help="evaluation list: JSON [[utt, spk], ...] or 'utt spk' lines (default: every utterance, own speaker)")
-    p.add_argument("--out", help="results file (default EXP/results.json)")
+    p.add_argument("--out", help="results file (default EXP/results.json; for a model file M.pt, M.results.json)")
     p.add_argument("--max-frames", type=int, default=8000, help="padded frames per batch")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import latest_checkpoint
+from ..locks import is_main_process
 from ..quantizers.registry import QUANTIZERS
-from ..train import resolve_config, train, trim_metrics
+from ..train import experiment_lock, resolve_config, train, trim_metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if args.mixed_precision:
         overrides.append(f"train.mixed_precision={args.mixed_precision}")
     cfg = resolve_config(args.config, overrides, args.variant, args.feats)
-    if args.resume:
-        latest = latest_checkpoint(args.exp)
-        trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]) if latest is not None else 0)
-    summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
-                    progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
+    with experiment_lock(args.exp):  # the trimming below writes EXP too; train() takes it again
+        if args.resume and is_main_process():  # one rank rewrites metrics.jsonl, not all of them
+            latest = latest_checkpoint(args.exp)
+            trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]) if latest is not None else 0)
+        summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
+                        progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
     if summary["main"]:
         print(f"[train] done: step {summary['step']}, checkpoint {summary['checkpoint']}", file=sys.stderr)
     return 0

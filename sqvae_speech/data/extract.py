@@ -13,7 +13,12 @@ never mixed in.
 
 Bad input (unreadable, truncated, empty or silent audio, non-finite features) never stops
 the run: the utterance goes to ``failed.txt`` as ``utt-id<TAB>reason`` and the command
-exits 1 unless ``--skip-bad``. One FEAT_DIR must not be written by two runs at once.
+exits 1 unless ``--skip-bad``. Clipped audio (at least
+:data:`~sqvae_speech.data.audio.CLIPPED_FRACTION` of the samples at full scale, counted as
+the audio is read) is extracted and listed in ``clipped.txt``, the same way, and in the
+index; with ``max_clipped`` an utterance with more of its samples at full scale fails.
+One FEAT_DIR is written by one run at a time: a second run stops at once with
+:class:`~sqvae_speech.errors.LockedError` (:mod:`sqvae_speech.locks`).
 A full disk stops the run with :class:`~sqvae_speech.errors.DiskFullError` (exit 2); the
 shards written so far are kept, so the rerun after freeing space only does the rest.
 
@@ -44,6 +49,7 @@ import numpy as np
 from ..config import FeatureConfig
 from ..errors import ConfigError, DiskFullError, FeatureStoreError
 from ..fileio import atomic_write_json, atomic_write_text
+from ..locks import dir_lock
 from .datadir import read_datadir, utterance_audio
 from .featstore import INDEX, FeatureStore, config_diff, write_featstore
 from .shards import Item, compute_shard, read_shards, shard_path, shard_totals
@@ -60,6 +66,7 @@ CPU_BATCH_SIZE = 0
 CUDA_BATCH_SIZE = 32
 PARTS = ".parts"
 FAILED = "failed.txt"
+CLIPPED = "clipped.txt"
 
 
 @dataclasses.dataclass
@@ -77,6 +84,9 @@ class ExtractSummary:
     shards_computed: list[int]  # shard numbers this call computed
     complete: bool  # the store exists and is complete
     already_extracted: bool = False
+    # extracted utterances with at least CLIPPED_FRACTION of their samples at full scale:
+    # utt -> that fraction, over all shards done so far
+    clipped: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def num_failed(self) -> int:
@@ -99,6 +109,7 @@ def extract(
     progress: bool = True,
     shard_size: int | None = None,
     max_shards: int | None = None,
+    max_clipped: float | None = None,
 ) -> ExtractSummary:
     """Extract log-mel features of every utterance of ``data_dir`` into ``feat_dir``.
 
@@ -112,6 +123,8 @@ def extract(
         shard_size: utterances per shard (default :data:`SHARD_SIZE`); part of the resume plan.
         max_shards: compute at most this many missing shards, then stop without packing
             (a stand-in for a killed run in tests; ``complete`` is then False).
+        max_clipped: an utterance with more than this fraction of its samples at full
+            scale fails (``failed.txt``); None: no limit, clipped ones are only listed.
 
     Returns:
         An :class:`ExtractSummary`; ``failed`` lists the utterances left out and why.
@@ -123,44 +136,51 @@ def extract(
     if nj < 1 or shard_size < 1:
         raise ConfigError(f"--nj and the shard size must be >= 1, got {nj} and {shard_size}")
     batch_size = _check_device(device, batch_size)
+    if max_clipped is not None and not 0.0 <= max_clipped <= 1.0:
+        raise ConfigError(f"--max-clipped must be a fraction of the samples between 0 and 1 (0.01 = 1 %), got {max_clipped}")
 
     dd = read_datadir(data_dir, check_files=False)  # a missing file fails its utterance only
     items: list[Item] = [(u, *utterance_audio(dd, u)) for u in dd.utterances]
     fingerprint = _fingerprint(items, dd.utt2spk)
-    if (feat_dir / INDEX).is_file() and not overwrite:
-        return _existing(feat_dir, config, fingerprint, t0)
-    if overwrite:
-        (feat_dir / INDEX).unlink(missing_ok=True)
-        (feat_dir / FAILED).unlink(missing_ok=True)
+    with dir_lock(feat_dir, "sqvae-speech extract"):
+        if (feat_dir / INDEX).is_file() and not overwrite:
+            return _existing(feat_dir, config, fingerprint, max_clipped, t0)
+        if overwrite:
+            for name in (INDEX, FAILED, CLIPPED):
+                (feat_dir / name).unlink(missing_ok=True)
 
-    parts = feat_dir / PARTS
-    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    _prepare_parts(parts, config, fingerprint, shard_size, len(shards), fresh=overwrite)
-    missing = [k for k in range(len(shards)) if not shard_path(parts, k).is_file()]
-    done_utts = len(items) - sum(len(shards[k]) for k in missing)
-    todo = missing if max_shards is None else missing[:max_shards]
-    try:
-        computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items), done_utts)
-    except DiskFullError as e:
-        raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again",
-                            e.errno or errno.ENOSPC) from e
+        parts = feat_dir / PARTS
+        shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+        plan = {"feature_config": config.to_dict(), "fingerprint": fingerprint, "shard_size": shard_size,
+                "num_shards": len(shards)} | ({} if max_clipped is None else {"max_clipped": max_clipped})
+        _prepare_parts(parts, plan, fresh=overwrite)
+        missing = [k for k in range(len(shards)) if not shard_path(parts, k).is_file()]
+        done_utts = len(items) - sum(len(shards[k]) for k in missing)
+        todo = missing if max_shards is None else missing[:max_shards]
+        try:
+            computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items),
+                                   done_utts, max_clipped)
+        except DiskFullError as e:
+            raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again",
+                                e.errno or errno.ENOSPC) from e
 
-    stats: dict[str, Any] = {
-        "feat_dir": feat_dir, "computed_seconds": sum(r["seconds"] for r in computed),
-        "cpu_seconds": sum(r["cpu_seconds"] for r in computed), "num_shards": len(shards),
-        "shards_computed": sorted(r["shard"] for r in computed),
-    }
-    if len(todo) < len(missing):
-        failed, seconds, _ = shard_totals(parts, len(shards))
-        return ExtractSummary(num_utterances=len(items), failed=failed, audio_seconds=seconds,
-                              wall_seconds=time.perf_counter() - t0, complete=False, **stats)
-    try:
-        store, failed, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint, data_dir)
-    except DiskFullError as e:
-        raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them",
-                            e.errno or errno.ENOSPC) from e
-    return ExtractSummary(num_utterances=len(store), failed=failed, audio_seconds=seconds,
-                          wall_seconds=time.perf_counter() - t0, complete=True, **stats)
+        stats: dict[str, Any] = {
+            "feat_dir": feat_dir, "computed_seconds": sum(r["seconds"] for r in computed),
+            "cpu_seconds": sum(r["cpu_seconds"] for r in computed), "num_shards": len(shards),
+            "shards_computed": sorted(r["shard"] for r in computed),
+        }
+        if len(todo) < len(missing):
+            failed, clipped, seconds, _ = shard_totals(parts, len(shards))
+            return ExtractSummary(num_utterances=len(items), failed=failed, audio_seconds=seconds, clipped=clipped,
+                                  wall_seconds=time.perf_counter() - t0, complete=False, **stats)
+        try:
+            store, failed, clipped, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint,
+                                                    data_dir, {u: p for u, p, _, _ in items}, max_clipped)
+        except DiskFullError as e:
+            raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them",
+                                e.errno or errno.ENOSPC) from e
+        return ExtractSummary(num_utterances=len(store), failed=failed, audio_seconds=seconds, clipped=clipped,
+                              wall_seconds=time.perf_counter() - t0, complete=True, **stats)
 
 
 def _check_device(device: str, batch_size: int | None) -> int:
@@ -184,7 +204,8 @@ def _fingerprint(items: list[Item], utt2spk: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
 
 
-def _existing(feat_dir: Path, config: FeatureConfig, fingerprint: str, t0: float) -> ExtractSummary:
+def _existing(feat_dir: Path, config: FeatureConfig, fingerprint: str, max_clipped: float | None,
+              t0: float) -> ExtractSummary:
     """A complete store is kept when it matches the request; otherwise say how to rebuild."""
     store = FeatureStore.open(feat_dir)
     rebuild = "pass --overwrite to rebuild it or choose another FEAT_DIR"
@@ -199,15 +220,21 @@ def _existing(feat_dir: Path, config: FeatureConfig, fingerprint: str, t0: float
             f"{feat_dir} already holds features of other utterances "
             f"(from data dir {info.get('data_dir', 'unknown')}); {rebuild}"
         )
+    if info.get("max_clipped") != max_clipped:
+        def limit(v: float | None) -> str:
+            return "no --max-clipped limit" if v is None else f"--max-clipped {v:g}"
+
+        raise FeatureStoreError(f"{feat_dir} already holds features extracted with {limit(info.get('max_clipped'))}, "
+                                f"this run asks for {limit(max_clipped)}; {rebuild}")
     shutil.rmtree(feat_dir / PARTS, ignore_errors=True)  # a run killed right after packing
     return ExtractSummary(
         feat_dir, len(store), dict(info.get("failed", {})), float(info.get("audio_seconds", 0.0)), 0.0,
         time.perf_counter() - t0, 0.0, 0, [], complete=True, already_extracted=True,
+        clipped=dict(info.get("clipped", {})),
     )
 
 
-def _prepare_parts(parts: Path, config: FeatureConfig, fingerprint: str, shard_size: int, n: int, fresh: bool) -> None:
-    plan = {"feature_config": config.to_dict(), "fingerprint": fingerprint, "shard_size": shard_size, "num_shards": n}
+def _prepare_parts(parts: Path, plan: dict[str, Any], fresh: bool) -> None:
     plan_file = parts / "plan.json"
     if parts.is_dir():
         try:
@@ -235,12 +262,12 @@ def _init_worker(use_torch: bool) -> None:
 
 def _run_shards(
     parts: Path, shards: list[list[Item]], todo: list[int], config: FeatureConfig, nj: int,
-    device: str, batch_size: int, progress: bool, total: int, initial: int,
+    device: str, batch_size: int, progress: bool, total: int, initial: int, max_clipped: float | None,
 ) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     cfg = config.to_dict()
-    jobs = {k: (k, str(shard_path(parts, k)), shards[k], cfg, batch_size, device) for k in todo}
+    jobs = {k: (k, str(shard_path(parts, k)), shards[k], cfg, batch_size, device, max_clipped) for k in todo}
     results: list[dict[str, Any]] = []
     with tqdm(total=total, initial=initial, unit="utt", desc="extract", disable=None if progress else True) as bar:
         if min(nj, len(todo)) <= 1:
@@ -295,13 +322,16 @@ def _mp_context(use_torch: bool) -> multiprocessing.context.BaseContext:
 
 def _pack(
     parts: Path, feat_dir: Path, n: int, utt2spk: dict[str, str], config: FeatureConfig,
-    fingerprint: str, data_dir: str | Path,
-) -> tuple[FeatureStore, dict[str, str], float]:
-    failed, seconds, num_frames = shard_totals(parts, n)
-    if failed:
-        atomic_write_text(feat_dir / FAILED, "".join(f"{u}\t{failed[u]}\n" for u in sorted(failed)))
-    else:
-        (feat_dir / FAILED).unlink(missing_ok=True)
+    fingerprint: str, data_dir: str | Path, paths: dict[str, str], max_clipped: float | None,
+) -> tuple[FeatureStore, dict[str, str], dict[str, float], float]:
+    failed, clipped, seconds, num_frames = shard_totals(parts, n)
+    for name, rows in ((FAILED, {u: failed[u] for u in sorted(failed)}),
+                       (CLIPPED, {u: f"{paths[u]}: {100 * clipped[u]:.3g} % of the samples at full scale"
+                                  for u in sorted(clipped)})):
+        if rows:
+            atomic_write_text(feat_dir / name, "".join(f"{u}\t{r}\n" for u, r in rows.items()))
+        else:
+            (feat_dir / name).unlink(missing_ok=True)
     if num_frames == 0:
         first = next(iter(sorted(failed.items())), ("-", "the data dir lists no utterances"))
         raise FeatureStoreError(
@@ -316,8 +346,8 @@ def _pack(
 
     extra = {"extraction": {
         "data_dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint,
-        "audio_seconds": seconds, "failed": failed,
+        "audio_seconds": seconds, "failed": failed, "clipped": clipped, "max_clipped": max_clipped,
     }}
     store = write_featstore(feat_dir, blocks(), config, num_frames=num_frames, extra=extra)
     shutil.rmtree(parts, ignore_errors=True)
-    return store, failed, seconds
+    return store, failed, clipped, seconds

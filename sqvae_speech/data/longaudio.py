@@ -30,7 +30,7 @@ import numpy as np
 import scipy.fft
 
 from ..config import FeatureConfig
-from .audio import STREAM_BLOCK_FRAMES, stream_audio
+from .audio import STREAM_BLOCK_FRAMES, ClipCount, stream_audio
 from .features import _hann, _mel_project_np, _window_offset, num_frames
 
 # Recordings longer than this go through the streamed path when extracting.
@@ -70,11 +70,12 @@ class LongLogmel:
 
 def signal_peak(
     path: str | os.PathLike, config: FeatureConfig, start: float | None = None, end: float | None = None,
-    block_frames: int = STREAM_BLOCK_FRAMES,
+    block_frames: int = STREAM_BLOCK_FRAMES, clip: ClipCount | None = None,
 ) -> tuple[float, int]:
-    """``(max|x|, length)`` of the signal ``load_audio`` would return, read block by block."""
+    """``(max|x|, length)`` of the signal ``load_audio`` would return, read block by block;
+    ``clip`` counts the samples at full scale on the way."""
     peak, n = 0.0, 0
-    for block in stream_audio(path, config.sample_rate, start, end, block_frames):
+    for block in stream_audio(path, config.sample_rate, start, end, block_frames, clip=clip):
         peak = max(peak, float(np.max(np.abs(block))))
         n += block.shape[0]
     return peak, n

@@ -4,7 +4,10 @@ A shard is a run of consecutive sorted utterances. :func:`compute_shard` reads t
 computes their log-mel features and writes them, with the utterances that failed and why,
 atomically to one ``.npz`` file (:func:`shard_path`): ``feats`` [sum T, n_mels] float32
 (utterances back to back), ``lengths`` [U], ``utts`` [U], ``seconds`` [U], ``failed_utts``
-[F], ``failed_reasons`` [F]. :func:`shard_totals` sums what the shards written so far hold and
+[F], ``failed_reasons`` [F], ``clipped_utts`` [C], ``clipped_fractions`` [C] (extracted
+utterances with at least :data:`~sqvae_speech.data.audio.CLIPPED_FRACTION` of their samples at
+full scale; shards written before clipping was counted lack these two, read as none).
+:func:`shard_totals` sums what the shards written so far hold and
 :func:`read_shards` reads their features back, utterance by utterance and a block at a time,
 for packing into the feature store.
 
@@ -24,13 +27,16 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import AudioError, FeatureStoreError
 from ..fileio import atomic_path
+
+if TYPE_CHECKING:
+    from .audio import ClipCount
 
 # Frames per block when packing shards into the store (10 MB at 80 mels).
 PACK_BLOCK_ROWS = 32768
@@ -43,34 +49,45 @@ def shard_path(parts: Path, k: int) -> Path:
 
 
 def compute_shard(
-    shard: int, out: str, items: list[Item], config: dict[str, Any], batch_size: int, device: str
+    shard: int, out: str, items: list[Item], config: dict[str, Any], batch_size: int, device: str,
+    max_clipped: float | None = None,
 ) -> dict[str, Any]:
     """Features of one shard, written atomically to ``out`` (.npz) as feats
     [sum T, n_mels] float32 (utterances back to back), lengths [U], utts [U],
-    seconds [U], failed_utts [F], failed_reasons [F]. Returns small stats.
+    seconds [U], failed_utts [F], failed_reasons [F], clipped_utts [C],
+    clipped_fractions [C]. Returns small stats.
+
+    The samples at full scale are counted as the audio is read
+    (:class:`~sqvae_speech.data.audio.ClipCount`); an utterance with more than
+    ``max_clipped`` of its samples there fails, one with at least
+    :data:`~sqvae_speech.data.audio.CLIPPED_FRACTION` is extracted and listed as clipped.
 
     Recordings longer than :data:`~sqvae_speech.data.longaudio.STREAM_MIN_SECONDS` are read and
     computed block by block (:mod:`sqvae_speech.data.longaudio`) into scratch files next to
     ``out`` and copied into the shard in blocks: memory stays bounded however long they are.
     """
-    from .audio import SILENCE_THRESHOLD, is_silent, load_audio
+    from .audio import SILENCE_THRESHOLD, ClipCount, is_silent, load_audio
     from .longaudio import STREAM_MIN_SECONDS, LongLogmel, logmel_long, signal_peak
 
     cpu0 = time.process_time()
     cfg = FeatureConfig.from_dict(config)
     max_samples = int(STREAM_MIN_SECONDS * cfg.sample_rate)
     failed: dict[str, str] = {}
+    clipped: dict[str, float] = {}
     utts, wavs = [], []
     long: dict[str, LongLogmel] = {}
     scratch: list[Path] = []
     try:
         for utt, path, start, end in items:
+            clip = ClipCount()
             try:
-                wav = load_audio(path, cfg.sample_rate, start, end, max_samples=max_samples)
+                wav = load_audio(path, cfg.sample_rate, start, end, max_samples=max_samples, clip=clip)
                 if wav is None:  # a long recording: streamed
-                    peak = signal_peak(path, cfg, start, end)
+                    peak = signal_peak(path, cfg, start, end, clip=clip)
                     if peak[0] < SILENCE_THRESHOLD:
                         failed[utt] = f"{path}: silent audio (peak {peak[0]:.1e}), nothing to learn from"
+                        continue
+                    if _too_clipped(utt, path, clip, max_clipped, failed, clipped):
                         continue
                     fd, tmp = tempfile.mkstemp(prefix=".tmp-long-", suffix=".f32", dir=Path(out).parent)
                     os.close(fd)
@@ -82,6 +99,8 @@ def compute_shard(
                 continue
             if is_silent(wav):
                 failed[utt] = f"{path}: silent audio (peak {float(np.abs(wav).max(initial=0.0)):.1e}), nothing to learn from"
+                continue
+            if _too_clipped(utt, path, clip, max_clipped, failed, clipped):
                 continue
             utts.append(utt)
             wavs.append(wav)
@@ -102,12 +121,28 @@ def compute_shard(
                     failed[utt] = f"features of shape {tuple(feats.shape)} are empty or hold NaN/inf"
                     continue
                 kept.append((utt, feats, len(wav) / cfg.sample_rate))
-        write_shard(Path(out), kept, failed, cfg.n_mels)
+        write_shard(Path(out), kept, failed, cfg.n_mels, {u: f for u, f in clipped.items() if u not in failed})
     finally:
         for p in scratch:
             p.unlink(missing_ok=True)
     seconds = sum(s for _, _, s in kept)
     return {"shard": shard, "seconds": seconds, "cpu_seconds": time.process_time() - cpu0}
+
+
+def _too_clipped(utt: str, path: str, clip: ClipCount, max_clipped: float | None, failed: dict[str, str],
+                 clipped: dict[str, float]) -> bool:
+    """Fail ``utt`` when more than ``max_clipped`` of its samples are at full scale (True);
+    otherwise note it in ``clipped`` when it is clipped."""
+    from .audio import CLIPPED_FRACTION
+
+    frac = clip.fraction
+    if max_clipped is not None and frac > max_clipped:
+        failed[utt] = (f"{path}: clipped: {clip.clipped} of {clip.samples} samples ({100 * frac:.3g} %) at full scale, "
+                       f"more than --max-clipped {max_clipped:g} allows")
+        return True
+    if frac >= CLIPPED_FRACTION:
+        clipped[utt] = frac
+    return False
 
 
 def _features(
@@ -133,19 +168,23 @@ def _features(
     return [one(i) for i in range(len(wavs))]
 
 
-def write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str, str], n_mels: int) -> None:
+def write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str, str], n_mels: int,
+                clipped: dict[str, float] | None = None) -> None:
     """Write a shard .npz (the layout of ``np.savez``) with ``feats`` streamed in blocks,
     so a long recording's features never sit in memory whole."""
     from .longaudio import LongLogmel
 
     lengths = [f.frames if isinstance(f, LongLogmel) else f.shape[1] for _, f, _ in kept]
     bad = sorted(failed)
+    clipped = clipped or {}
     arrays = {
         "lengths": np.array(lengths, dtype=np.int64),
         "utts": np.array([u for u, _, _ in kept], dtype=str),
         "seconds": np.array([s for _, _, s in kept], dtype=np.float64),
         "failed_utts": np.array(bad, dtype=str),
         "failed_reasons": np.array([" ".join(failed[u].split()) for u in bad], dtype=str),
+        "clipped_utts": np.array(sorted(clipped), dtype=str),
+        "clipped_fractions": np.array([clipped[u] for u in sorted(clipped)], dtype=np.float64),
     }
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
               "shape": (sum(lengths), n_mels)}
@@ -161,17 +200,21 @@ def write_shard(out: Path, kept: list[tuple[str, Any, float]], failed: dict[str,
                 np.lib.format.write_array(entry, arr, allow_pickle=False)
 
 
-def shard_totals(parts: Path, n: int) -> tuple[dict[str, str], float, int]:
-    """Failures, audio seconds and frames over the shards that exist."""
+def shard_totals(parts: Path, n: int) -> tuple[dict[str, str], dict[str, float], float, int]:
+    """Failures, clipped utterances (fraction of samples at full scale), audio seconds and
+    frames over the shards that exist."""
     failed: dict[str, str] = {}
+    clipped: dict[str, float] = {}
     seconds, frames = 0.0, 0
     for k in range(n):
         if shard_path(parts, k).is_file():
             with np.load(shard_path(parts, k), allow_pickle=False) as z:
                 failed.update(zip(z["failed_utts"].tolist(), z["failed_reasons"].tolist()))
+                if "clipped_utts" in z.files:
+                    clipped.update(zip(z["clipped_utts"].tolist(), z["clipped_fractions"].tolist()))
                 seconds += float(z["seconds"].sum())
                 frames += int(z["lengths"].sum())
-    return failed, seconds, frames
+    return failed, clipped, seconds, frames
 
 
 def read_shards(parts: Path, n: int, n_mels: int) -> Iterator[tuple[str, Iterator[np.ndarray]]]:

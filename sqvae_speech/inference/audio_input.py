@@ -123,6 +123,29 @@ def mel_input(audio: AudioInput, config: FeatureConfig, sample_rate: int | None 
     yield MelInput(name, mel.shape[1], wav.shape[0], mel=mel, wav=wav, sample_rate=config.sample_rate)
 
 
+def short_mel_input(audio: str | os.PathLike, config: FeatureConfig) -> MelInput | None:
+    """The :class:`MelInput` of a file read whole, checked (:func:`check_length`); None for
+    a recording longer than :data:`~sqvae_speech.data.longaudio.STREAM_MIN_SECONDS`, which
+    :func:`mel_input` streams. Raises :class:`AudioError` for bad input."""
+    from ..data import longaudio
+
+    if load_audio_header_seconds(audio, config) > longaudio.STREAM_MIN_SECONDS:
+        return None
+    with mel_input(audio, config) as inp:
+        if inp.mel is None:
+            return None
+        check_length(inp, config)
+        return inp
+
+
+def load_audio_header_seconds(audio: str | os.PathLike, config: FeatureConfig) -> float:
+    """Duration in seconds at the feature rate, from the file's header (AudioError if unreadable)."""
+    from ..data.audio import audio_info
+
+    sr, frames, _ = audio_info(audio)
+    return -(-frames * config.sample_rate // sr) / config.sample_rate
+
+
 def check_length(inp: MelInput, config: FeatureConfig) -> None:
     """At least one latent frame: :data:`MIN_FRAMES` mel frames (about 30 ms)."""
     if inp.frames - inp.frames % 2 < MIN_FRAMES:

@@ -26,7 +26,9 @@ time_i = time_offset + i / rate.
 Utterances run in length-bucketed padded batches; the masked model makes that equal to
 one at a time. Files are written atomically, so a rerun skips those already there
 (resume; a killed run's partial ``.tmp-*`` files are removed); a different export into the
-same dir is refused unless ``--overwrite``. Features holding NaN or inf are refused.
+same dir is refused unless ``--overwrite``. Features holding NaN or inf are refused. One
+run at a time writes an output dir: the export holds its lock (:mod:`sqvae_speech.locks`)
+from before the model loads, and a second one stops at once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch
 from ..config import FeatureConfig
 from ..errors import SQVAEError
 from ..fileio import atomic_path, atomic_write_json
+from ..locks import dir_lock
 
 KINDS = ("quantized", "indices", "auxiliary")
 FORMATS = {"zerospeech": ".txt", "npy": ".npy", "npz": ".npz"}
@@ -205,17 +208,27 @@ def export_features(
 ) -> ExportSummary:
     """Encode ``utts`` of the feature store ``feats`` with the model of ``exp`` and write one
     file per utterance into ``out_dir`` (module docstring). Returns what was done."""
+    t0 = time.time()
+    if kind not in KINDS:
+        raise ExportError(f"--kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    if file_format not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got '{file_format}'")
+    with dir_lock(out_dir, "sqvae-speech export"):
+        return _export(exp, feats, Path(out_dir), kind, file_format, utts, names, max_frames, device, overwrite,
+                       progress, t0)
+
+
+def _export(
+    exp: str | os.PathLike, feats: str | os.PathLike, out_dir: Path, kind: str, file_format: str,
+    utts: Sequence[str] | None, names: dict[str, str] | None, max_frames: int, device: str | None, overwrite: bool,
+    progress: bool, t0: float,
+) -> ExportSummary:
     from tqdm import tqdm
 
     from ..checkpoint import load_model
     from ..data.batching import MIN_FRAMES, Item, bucket_batches, collate
     from ..data.featstore import FeatureStore
 
-    t0 = time.time()
-    if kind not in KINDS:
-        raise ExportError(f"--kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    if file_format not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got '{file_format}'")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt = load_model(exp, map_location="cpu")
     model.eval().to(device)
@@ -246,7 +259,6 @@ def export_features(
         "durations": {names[u]: store.frames(u) * sec_per_frame for u in todo_utts},
         "too_short": too_short,
     }
-    out_dir = Path(out_dir)
     old = read_export_meta(out_dir)
     keys = ("kind", "file_format", "checkpoint", "step", "features", "names")
     if old is not None and not overwrite and any(old.get(k) != meta[k] for k in keys):

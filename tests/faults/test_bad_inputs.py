@@ -272,9 +272,18 @@ def test_silent_audio(bad_audio):
 
 
 def test_clipped_audio(bad_audio):
-    wav, sr = sf.read(bad_audio["files"]["c-clipped"], dtype="float32")
-    assert np.mean(np.abs(wav) > 0.999) > 0.05  # really clipped
-    _assert_extracted_as(bad_audio, "c-clipped", wav, sr)
+    path = bad_audio["files"]["c-clipped"]
+    wav, sr = sf.read(path, dtype="float32")
+    frac = np.count_nonzero(np.abs(wav) >= 0.999) / wav.size
+    assert frac > 0.05  # really clipped
+    _assert_extracted_as(bad_audio, "c-clipped", wav, sr)  # extracted, not a failure ...
+    assert "c-clipped" not in bad_audio["failed"]
+    feats = bad_audio["store"].path  # ... but named: a warning, clipped.txt and the index
+    assert f"extract: warning: 1 utterance(s) clipped, extracted anyway (at least 0.1 % of their samples at full " \
+           f"scale): c-clipped ({100 * frac:.2g} %); all in {feats / 'clipped.txt'}; --max-clipped FRACTION makes " \
+           "them failures" in bad_audio["err"]
+    assert (feats / "clipped.txt").read_text() == f"c-clipped\t{path}: {100 * frac:.3g} % of the samples at full scale\n"
+    assert bad_audio["store"].index["extraction"]["clipped"] == {"c-clipped": pytest.approx(frac)}
 
 
 def test_nan_bearing_audio(bad_audio):
