@@ -287,23 +287,13 @@ class _Pipeline:
 
     def flush(self) -> None:
         """Encode the gathered files in length-sorted padded batches and queue their writes."""
-        from ..data.batching import Item, bucket_batches, collate
-
-        model = self.model
-        lengths = [inp.frames - inp.frames % 2 for _, _, inp in self.batch]
-        for idx in bucket_batches(lengths, BATCH_FRAMES):
-            group = [self.batch[j] for j in idx]
-            b = collate([Item(inp.mel, 0, name) for name, _, inp in group])
-            enc = model.net.encode(b.mels.to(model.device), b.lengths.to(model.device))
-            values = {"indices": enc.indices, "quantized": enc.quantized, "auxiliary": enc.z}[self.kind].cpu()
-            for i, (name, path, inp) in enumerate(group):
-                n = int(enc.lengths[i])
-                v = values[i, :n].numpy()
-                v = v.astype(np.int64) if self.kind == "indices" else v.astype(np.float32)
-                future = self.writer.submit(_write_values, self.out_dir / (name + self.ext), [v], n,
-                                            model.config.model.embedding_dim, self.kind, self.file_format,
-                                            self.dedup_units)
-                self.writes.append((name, path, inp.seconds, future))
+        dim = self.model.config.model.embedding_dim
+        for j, units in self.model.encode_mels([inp for _, _, inp in self.batch], BATCH_FRAMES):
+            name, path, inp = self.batch[j]
+            v = _kind_values(units, self.kind)
+            future = self.writer.submit(_write_values, self.out_dir / (name + self.ext), [v], len(units), dim,
+                                        self.kind, self.file_format, self.dedup_units)
+            self.writes.append((name, path, inp.seconds, future))
         self.batch.clear()
 
     def drain(self, keep: int) -> None:

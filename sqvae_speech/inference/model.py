@@ -119,8 +119,6 @@ class Model:
         """Units of several recordings, run in length-bucketed padded batches of at most
         ``max_frames`` padded mel frames; equal to :meth:`encode` one at a time. Arrays
         all share ``sample_rate``; files, which may be mixed with them, read theirs from their headers."""
-        from ..data.batching import Item, bucket_batches, collate
-
         out: list[Units | None] = [None] * len(items)
         short: list[tuple[int, MelInput]] = []
         for i, audio in enumerate(items):
@@ -130,14 +128,21 @@ class Model:
                     out[i] = Units.concatenate(list(self._encode_input(inp)))
                 else:
                     short.append((i, inp))
-        lengths = [inp.frames - inp.frames % 2 for _, inp in short]
+        for j, units in self.encode_mels([inp for _, inp in short], max_frames):
+            out[short[j][0]] = units
+        return out  # type: ignore[return-value]
+
+    def encode_mels(self, inputs: Sequence[MelInput], max_frames: int = 8000) -> Iterator[tuple[int, Units]]:
+        """``(position, Units)`` of whole-feature inputs (``inp.mel`` set), encoded in
+        length-bucketed padded batches of at most ``max_frames`` padded mel frames."""
+        from ..data.batching import Item, bucket_batches, collate
+
+        lengths = [inp.frames - inp.frames % 2 for inp in inputs]
         for idx in bucket_batches(lengths, max_frames):
-            batch = collate([Item(short[j][1].mel, 0, str(j)) for j in idx])
+            batch = collate([Item(inputs[j].mel, 0, str(j)) for j in idx])
             enc = self.net.encode(batch.mels.to(self.device), batch.lengths.to(self.device))
             for b, j in enumerate(idx):
-                i, inp = short[j]
-                out[i] = self._units(enc, b, 0, int(enc.lengths[b]), 0, inp)
-        return out  # type: ignore[return-value]
+                yield j, self._units(enc, b, 0, int(enc.lengths[b]), 0, inputs[j])
 
     def _units(self, enc: Any, b: int, lo: int, hi: int, first: int, inp: MelInput) -> Units:
         """Frames ``lo:hi`` of batch item ``b`` of an encoder output; global frame ``first + lo``."""
