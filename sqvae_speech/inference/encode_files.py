@@ -210,7 +210,7 @@ def _encode(model: Model, inputs: dict[str, str], out_dir: Path, kind: str, file
     atomic_write_json(out_dir / META, {**meta, "complete": False})
     for name in summary.skipped:  # written by an earlier run: described again (a killed run's export.json lacks them)
         meta["names"][inputs[name]] = name
-        meta["durations"].setdefault(name, _seconds(inputs[name], model.features.sample_rate))
+        meta["durations"].setdefault(name, _seconds(inputs[name], model.features))
     with tqdm(total=len(todo), desc=f"encode {kind}", unit="file", disable=not progress) as bar:
         _Pipeline(model, out_dir, ext, kind, file_format, dedup_units, meta, summary, bar).run(todo)
     failed_text = "".join(f"{n}\t{inputs[n]}\t{' '.join(r.split())}\n" for n, r in sorted(summary.failed.items()))
@@ -222,17 +222,15 @@ def _encode(model: Model, inputs: dict[str, str], out_dir: Path, kind: str, file
     return summary
 
 
-def _seconds(path: str, sample_rate: int) -> float:
-    """Duration of a recording at ``sample_rate`` from its header (as encoding measures it)."""
-    import math
-
-    from ..data.audio import audio_info
+def _seconds(path: str, config: Any) -> float:
+    """Duration of a recording at the feature rate from its header, as encoding measures it
+    (0 for a file that can no longer be read)."""
+    from .audio_input import load_audio_header_seconds
 
     try:
-        sr, frames, _ = audio_info(path)
+        return load_audio_header_seconds(path, config)
     except AudioError:
         return 0.0
-    return math.ceil(frames * sample_rate / sr) / sample_rate
 
 
 class _Pipeline:
