@@ -29,6 +29,13 @@ setup(
         "matplotlib>=3.7,<4",
         "Pillow>=9,<14",
         "PyYAML>=6,<7",
+        # metrics (sqvae-speech report): see the README's "Dependencies" for why each
+        "scikit-learn>=1.3,<2",
+        "pesq>=0.0.4,<0.1",
+        "pystoi>=0.4,<0.5",
+        "pysptk>=1.0,<2",
+        "resemblyzer>=0.1.4,<0.2",
+        "setuptools<82",  # resemblyzer imports pkg_resources, which setuptools 82 removed
     ],
     extras_require={"test": ["pytest>=7,<10", "ruff>=0.4,<1"]},
     entry_points={"console_scripts": ["sqvae-speech=sqvae_speech.cli:main"]},

@@ -12,6 +12,7 @@ from sqvae_speech.data.audio import load_audio
 from sqvae_speech.data.datadir import read_datadir
 from sqvae_speech.data.featstore import write_featstore
 from sqvae_speech.data.features import logmel
+from sqvae_speech.metrics.alignment import check_coverage, read_alignment
 from sqvae_speech.zerospeech.abx import (
     abx_from_tokens,
     extract_tokens,
@@ -73,6 +74,11 @@ def test_flite_voices_and_a_real_abx_set(flite, tmp_path):
     assert set(items.speaker) == {"awb", "slt"} and "pau" not in set(items.phone)
     assert (np.array(items.offset) - np.array(items.onset) >= 0.03).all()
     assert (tmp_path / "set" / "text").read_text().splitlines()[0] == f"awb_s001 {sentences[0]}"
+    # phones.ctm (Kaldi CTM) covers every utterance and ends within its audio
+    ali = read_alignment(tmp_path / "set" / "phones.ctm")
+    assert set(ali) == set(dd.utterances)
+    check_coverage(ali, {u: sf.info(dd.wav_scp[u]).duration for u in dd.utterances}, "phones.ctm", tolerance=0.001)
+    assert ali["awb_s001"][0].phone == "pau" and ali["awb_s001"][0].start == 0.0
 
     cfg = FeatureConfig()
     store = write_featstore(tmp_path / "feats", [(u, dd.utt2spk[u], logmel(load_audio(dd.wav_scp[u], 16000), 16000, cfg))

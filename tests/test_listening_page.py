@@ -68,10 +68,10 @@ def chromium() -> str:
     pytest.fail(f"headless Chromium is needed to test the listening page: {INSTALL_HINT}")
 
 
-def browser_check(page_dir: Path, tmp: Path, extra_html: str = "") -> dict:
-    """Open a checker copy of ``page_dir/index.html`` in headless Chromium; what it reports."""
-    copy = page_dir / "index.check.html"
-    html = (page_dir / "index.html").read_text(encoding="utf-8")
+def browser_check(page_dir: Path, tmp: Path, extra_html: str = "", name: str = "index.html") -> dict:
+    """Open a checker copy of ``page_dir/name`` in headless Chromium; what it reports."""
+    copy = page_dir / f"{Path(name).stem}.check.html"
+    html = (page_dir / name).read_text(encoding="utf-8")
     copy.write_text(html.replace("</body>", extra_html + CHECKER + "</body>"), encoding="utf-8")
     try:
         cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

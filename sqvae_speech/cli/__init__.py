@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("sqvae_speech.cli.encode", "units / features of any audio files with a trained model"),
     "synthesize": ("sqvae_speech.cli.synthesize", "units back to audio as a chosen speaker (Griffin-Lim)"),
     "package": ("sqvae_speech.cli.package", "write a shareable model file (+ model card) from an experiment"),
+    "report": ("sqvae_speech.cli.report", "unit-quality and speech-quality metrics of experiments in one report"),
     "bitrate": ("sqvae_speech.cli.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
     "abx": ("sqvae_speech.cli.abx", "ABX error rate of features against an item file"),
     "vision": ("sqvae_speech.cli.vision", "image experiments: train / evaluate vision SQ-VAEs"),

@@ -15,7 +15,8 @@ Output of :func:`make_flite_abx_set` in OUT::
     wav/<voice>_sNNN.wav   16 kHz mono PCM16
     data/                  Kaldi data dir (wav.scp, utt2spk, spk2utt; speaker = voice)
     abx.item               ABX item file (ZeroSpeech format)
-    alignments.txt         utt start end phone, every phone flite reported
+    phones.ctm             Kaldi CTM ``utt 1 start dur phone``: every phone flite reported,
+                           cut at the end of the audio
     text                   utt sentence
 
 Items (ZeroSpeech "by context" triphones): every phone except ``pau`` with a phone on
@@ -212,14 +213,15 @@ def make_flite_abx_set(out_dir: str | os.PathLike, flite_dir: str | os.PathLike 
     for utt in sorted(results):
         voice, phones, dur = results[utt]
         rows += item_rows(utt, voice, phones, dur)
-        align += [f"{utt} {p.start:.3f} {p.end:.3f} {p.phone}\n" for p in phones]
+        # kal16's final pause runs past its audio: the CTM describes the audio that exists
+        align += [f"{utt} 1 {p.start:.3f} {min(p.end, dur) - p.start:.3f} {p.phone}\n" for p in phones if p.start < dur]
         text.append(f"{utt} {sentences[int(utt.rsplit('_s', 1)[1]) - 1]}\n")
     from .abx.items import write_items
 
     write_datadir(out / "data", {u: str((out / "wav" / f"{u}.wav").resolve()) for u in results},
                   {u: results[u][0] for u in results})
     write_items(out / "abx.item", rows)
-    atomic_write_text(out / "alignments.txt", "".join(align))
+    atomic_write_text(out / "phones.ctm", "".join(align))
     atomic_write_text(out / "text", "".join(text))
     return FliteSet(out, len(results), len(rows), float(sum(r[2] for r in results.values())))
 
