@@ -4,7 +4,7 @@
         [--reps N] [--threads N] [--nj N] [--quick] [--out bench/results.json]
 
 Prepares the embedded corpus (data dirs + feature stores) in a scratch dir, then runs
-the benchmarks in this order: extract, train, quantizer, eval, encode, abx, utterances,
+the benchmarks in this order: extract, train, quantizer, eval, encode, report, abx, utterances,
 as_run, allocator (utterances and allocator set the process-wide malloc option that
 training sets; as_run runs each side in fresh processes of its own). Prints
 one line per figure as it comes and a table at the end; writes ``bench/results.json``
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import torch
 from common import Result, machine, table
 
-BENCHMARKS = ("extract", "train", "quantizer", "eval", "encode", "abx", "utterances", "as_run", "allocator")
+BENCHMARKS = ("extract", "train", "quantizer", "eval", "encode", "report", "abx", "utterances", "as_run", "allocator")
 
 
 class Context:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     prepare(ctx, need_train_feats="extract" not in only)
     modules = {"extract": "bench_extract", "train": "bench_train", "quantizer": "bench_quantizer",
-               "utterances": "bench_utterances", "eval": "bench_eval", "encode": "bench_encode",
+               "utterances": "bench_utterances", "eval": "bench_eval", "encode": "bench_encode", "report": "bench_report",
                "as_run": "bench_as_run", "allocator": "bench_allocator"}
     results: list[Result] = []
     errors: list[str] = []

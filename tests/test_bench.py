@@ -275,3 +275,43 @@ def test_encode_identity_check_catches_a_differing_file(tmp_path):
     np.save(tmp_path / "reference" / "a.npy", np.array([0, 1, 2, 3, 5], dtype=np.int64))
     with pytest.raises(AssertionError, match="differ for 1 of 1 files: a "):
         bench_encode.check_same_indices(["a"], tmp_path / "ours", tmp_path / "reference")
+
+
+def test_report_scoring_figure_runs_on_real_files(speech_files, tmp_path):
+    """bench_report end to end (2 real utterances, a tiny model, one timed round): the
+    scores of both sides are compared and the figure is seconds per utterance."""
+    import bench_report
+
+    from sqvae_speech.config import FeatureConfig
+    from sqvae_speech.data.featstore import write_featstore
+
+    cfg = FeatureConfig()
+    wav, items = {}, []
+    for spk in ("cs-m", "nl-v"):
+        p = speech_files[spk][2]
+        utt = f"{spk}_{p.stem}"
+        wav[utt] = str(p)
+        items.append((utt, spk, logmel(load_audio(p, 16000), 16000, cfg)))
+    write_datadir(tmp_path / "data" / "test", wav, {u: u.split("_")[0] for u in wav})
+    write_featstore(tmp_path / "feats", sorted(items), cfg)
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text("model:\n  encoder: {channels: 32}\n  quantizer: {num_embeddings: 16, embedding_dim: 8}\n"
+                    "  decoder: {speaker_embedding_dim: 8, hidden_size: 16}\n")
+    ctx = _Ctx(None)
+    ctx.data_dir, ctx.test_feats, ctx.work, ctx.threads = tmp_path / "data", tmp_path / "feats", tmp_path, 1
+    (res,) = bench_report.run(ctx, n_utts=2, conf=conf)
+    assert res.name == "report_resynthesis_per_utt" and res.unit == "s" and res.ours > 0 and res.reference > 0
+    assert res.config["utterances"] == 2 and res.config["scores_compared"] == 2 * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "feats", "tiny.yaml"]  # scratch removed
+
+
+def test_report_score_check_catches_a_difference():
+    import bench_report
+
+    ours = [{"model": None, "vocoder": "world", "system": "world (vocoder only)",
+             "per_utterance": {"u": {"mcd_db": 3.0, "f0_rmse_cents": 10.0, "vuv_error": 0.1, "pesq_wb": 2.0, "stoi": 0.9}}}]
+    same = {"u": {(None, "world"): dict(ours[0]["per_utterance"]["u"])}}
+    assert bench_report.check_same_scores(ours, same) == 1
+    same["u"][None, "world"]["pesq_wb"] = 2.5
+    with pytest.raises(AssertionError, match="differ for 1 of 1"):
+        bench_report.check_same_scores(ours, same)

@@ -152,18 +152,19 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 
 
 def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
-    """Stages 0-7 on real speech: data dirs, features, two models trained, evaluated, compared,
-    converted, exported and packaged; the model file then encodes audio files as stage 6 exported them."""
+    """Stages 0-8 on real speech: data dirs, features, two models trained, evaluated, compared,
+    converted, exported, packaged and reported; the model file then encodes audio files as
+    stage 6 exported them."""
     # A copy of the recipe, so its data/ and feats/ land in tmp_path; SQVAE_ROOT points
     # it at this repository's tools and virtual environment.
     recipe = copy_recipe("fishfillets", tmp_path)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
-    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "7",
+    opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "8", "--report-utts", "4",
             "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml",
             "--convert-per-speaker", "1", "--flite-voices", "awb,slt", "--flite-sentences", "12"]
     r = _run_recipe(recipe, *opts)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in range(8):
+    for stage in range(9):
         assert f"Stage {stage}:" in r.stderr
     record = json.loads((recipe / "data" / ".prepare.json").read_text())
     assert record["corpus"] == "fishfillets" and record["corpus_dir"] == str(sound_dir.resolve())
@@ -191,13 +192,14 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     table = (recipe / "exp" / "RESULTS.md").read_text()
     assert "Gaussian SQ-VAE (IV)" in table and "VQ-VAE w/ EMA" in table and table in r.stdout
     assert (recipe / "exp" / "curves.png").stat().st_size > 10_000
-    # stage 5: 4 sources x 4 targets, each a 16 kHz wav and a spectrogram, on one page
-    conv = recipe / "exp" / "gaussian_4" / "conversion"
-    assert len(json.loads((conv / "conversion.json").read_text())["items"]) == 16
-    page = (conv / "index.html").read_text()
-    wavs = sorted(conv.glob("*.wav"))
-    assert len(wavs) == 16 and all(w.name in page for w in wavs)
-    assert all(soundfile.info(w).samplerate == 16000 for w in wavs)
+    # stage 5: for each model, 4 sources x 4 targets, each a 16 kHz wav and a spectrogram, on one page
+    for variant in ("gaussian_4", "vqvae_ema"):
+        conv = recipe / "exp" / variant / "conversion"
+        assert len(json.loads((conv / "conversion.json").read_text())["items"]) == 16
+        page = (conv / "index.html").read_text()
+        wavs = sorted(conv.glob("*.wav"))
+        assert len(wavs) == 16 and all(w.name in page for w in wavs)
+        assert all(soundfile.info(w).samplerate == 16000 for w in wavs)
     # stage 6: ZeroSpeech text export of every held-out utterance, bitrate, ABX table
     for variant in ("gaussian_4", "vqvae_ema"):
         zs = recipe / "exp" / variant / "zerospeech" / "quantized"
@@ -226,11 +228,20 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
         exported = recipe / "exp" / "gaussian_4" / "zerospeech" / "quantized" / f"{utt}.txt"
         assert (tmp_path / "units" / f"{utt}.txt").read_text() == exported.read_text(), utt
 
+    # stage 8: the report compares both models on units (flite phones), probe, resynthesis, conversion
+    report = json.loads((recipe / "exp" / "report" / "report.json").read_text())
+    assert [e["variant"] for e in report["experiments"]] == ["gaussian_4", "vqvae_ema"]
+    for e in report["experiments"]:
+        assert e["units"]["num_phones"] > 30 and e["abx"]["z_q"]["within"] >= 0
+        assert e["probe"]["z_q"]["test_frames"] > 0 and e["conversion"]["total"] == 12
+    assert len(report["resynthesis"]) == 6 and len(report["resynthesis_utterances"]) == 4
+    assert "report: exp/report/report.html" in r.stderr and (recipe / "exp" / "report" / "report.md").is_file()
+
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
     ckpts = {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}
 
     # a rerun skips every finished stage and rewrites nothing (stage 6 is not repeated: slow)
-    r = _run_recipe(recipe, *[("5" if a == "7" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
+    r = _run_recipe(recipe, *[("5" if a == "8" and opts[i - 1] == "--stop-stage" else a) for i, a in enumerate(opts)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "data/.prepare.json: data is already prepared with these options: skipping" in r.stdout
     assert "feats/train/.done exists: skipping" in r.stderr

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 stage=0                  # first stage to run
-stop_stage=7             # last stage to run
+stop_stage=8             # last stage to run
 nj=2                     # parallel jobs for feature extraction
 feature_config=conf/features.yaml  # feature settings (a 'features' section), relative to this recipe
 corpus_dir=""            # an existing sound dir (.../fillets-ng/sound) or download dir; empty: download into download/
@@ -26,17 +26,20 @@ f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own l
 flite_dir=""             # stage 6: flite unpacked by tools/fetch_flite.sh; empty: $SQVAE_ROOT/tools/flite
 flite_voices=awb,rms,slt,kal16  # stage 6: English TTS voices of the ABX set, one speaker each
 flite_sentences=0        # stage 6: only the first N sentences of the ABX set (quick runs); 0: all
+report_utts=12           # stage 8: held-out utterances scored for resynthesis, spread over the speakers
 
 help_message="Usage: $0 [options]
 Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
 2 features (feats/train, feats/test), 3 train each variant (exp/<variant>, or
 exp/<variant>_seed<N> with --seeds), 4 evaluate on feats/test and print the comparison,
 mean +- std over seeds (exp/RESULTS.md, exp/curves.png),
-5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by the
-first variant (its first seed), with a listening page (exp/<variant>/conversion/index.html),
+5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by
+each variant (its first seed), with a listening page (exp/<variant>/conversion/index.html),
 6 ZeroSpeech 2019 export + bitrate of feats/test, ABX on an English flite set
 (exp/<variant>/abx.md), 7 the first variant (its first seed) packaged into one model file
-with its F0 statistics and results (exp/<variant>.pt, model card exp/<variant>.md);
+with its F0 statistics and results (exp/<variant>.pt, model card exp/<variant>.md),
+8 a report of every run: units against phones, speaker probe, resynthesis and conversion
+quality (exp/report/report.html, report.md, report.json);
 all written next to run.sh."
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -44,7 +47,8 @@ SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/log.sh"
 . "$SQVAE_ROOT/tools/recipe_helpers.sh"
 
-require_uint stage stop_stage nj test_per_speaker max_utts_per_speaker steps convert_per_speaker flite_sentences
+require_uint stage stop_stage nj test_per_speaker max_utts_per_speaker steps convert_per_speaker flite_sentences \
+  report_utts
 # Paths given on the command line are relative to where the user is; the recipe works
 # in its own directory.
 [ -z "$corpus_dir" ] || corpus_dir=$(realpath -m -- "$corpus_dir")
@@ -59,6 +63,10 @@ if [ "$steps" -gt 0 ]; then train_args="--steps $steps"; fi
 runs=""                        # stages 3-6: one experiment dir under $exp per variant and seed
 for v in $variants; do
   if [ -z "$seeds" ]; then runs="$runs $v"; else for s in $seeds; do runs="$runs ${v}_seed$s"; done; fi
+done
+first_runs=""                  # stage 5: the first seed of each variant
+for v in $variants; do
+  if [ -z "$seeds" ]; then first_runs="$first_runs $v"; else first_runs="$first_runs ${v}_seed${seeds%% *}"; fi
 done
 for s in $seeds; do [[ $s =~ ^[0-9]+$ ]] || { log "error: --seeds takes non-negative integers, not '$s'"; exit 1; }; done
 
@@ -115,12 +123,13 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # Harvest F0 of 50 clips per speaker (~3 min of speech each): ~75 s on 2 idle cores.
   once feats/train/.f0_stats.done sqvae-speech f0-stats data/train feats/train/f0_stats.json --nj $nj \
     --max-utts-per-speaker 50 --no-progress
-  v=${runs# }; v=${v%% *}  # the first run of stage 3
-  # every main speaker's first held-out clips, decoded as every main speaker (itself included)
-  sqvae-speech convert --exp $exp/$v --make-list data/test --speakers cs-m,cs-v,nl-m,nl-v \
-    --per-speaker $convert_per_speaker --feats feats/test --f0-stats feats/train/f0_stats.json \
-    --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
-  log "listening page: $exp/$v/conversion/index.html"
+  for v in $first_runs; do
+    # every main speaker's first held-out clips, decoded as every main speaker (itself included)
+    sqvae-speech convert --exp $exp/$v --make-list data/test --speakers cs-m,cs-v,nl-m,nl-v \
+      --per-speaker $convert_per_speaker --feats feats/test --f0-stats feats/train/f0_stats.json \
+      --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
+    log "listening page: $exp/$v/conversion/index.html"
+  done
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
@@ -152,6 +161,18 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   if [ -f feats/train/f0_stats.json ]; then f0_opt="--f0-stats feats/train/f0_stats.json"; fi
   sqvae-speech package $exp/$v $exp/$v.pt $f0_opt
   log "use it on any audio: sqvae-speech encode --model $exp/$v.pt FILE_OR_DIR... --out DIR --format units"
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log "Stage 8: report: units against phones, speaker probe, resynthesis and conversion quality"
+  exps=""
+  for r in $runs; do exps="$exps $exp/$r"; done
+  opts=""  # the phone-labelled set of stage 6 and the F0 statistics of stage 5, when they exist
+  if [ -f data/flite/phones.ctm ]; then opts="--phone-feats feats/flite --alignment data/flite/phones.ctm"; fi
+  if [ -f feats/train/f0_stats.json ]; then opts="$opts --f0-stats feats/train/f0_stats.json"; fi
+  sqvae-speech report $exps --out $exp/report --data data/test --feats feats/test $opts \
+    --resynth-utts $report_utts --nj $nj --no-progress
+  log "report: $exp/report/report.html (tables: $exp/report/report.md)"
 fi
 
 log "Done (stages $stage to $stop_stage)"
