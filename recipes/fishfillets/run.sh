@@ -26,7 +26,7 @@ f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own l
 flite_dir=""             # stage 6: flite unpacked by tools/fetch_flite.sh; empty: $SQVAE_ROOT/tools/flite
 flite_voices=awb,rms,slt,kal16  # stage 6: English TTS voices of the ABX set, one speaker each
 flite_sentences=0        # stage 6: only the first N sentences of the ABX set (quick runs); 0: all
-report_utts=12           # stage 8: held-out utterances scored for resynthesis, spread over the speakers
+report_utts=12           # stage 8: held-out utterances scored for resynthesis, spread over the speakers; 0: none
 
 help_message="Usage: $0 [options]
 Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
@@ -34,7 +34,7 @@ Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
 exp/<variant>_seed<N> with --seeds), 4 evaluate on feats/test and print the comparison,
 mean +- std over seeds (exp/RESULTS.md, exp/curves.png),
 5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by
-each variant (its first seed), with a listening page (exp/<variant>/conversion/index.html),
+every run, with a listening page (exp/<variant>/conversion/index.html) and speaker similarity,
 6 ZeroSpeech 2019 export + bitrate of feats/test, ABX on an English flite set
 (exp/<variant>/abx.md), 7 the first variant (its first seed) packaged into one model file
 with its F0 statistics and results (exp/<variant>.pt, model card exp/<variant>.md),
@@ -63,10 +63,6 @@ if [ "$steps" -gt 0 ]; then train_args="--steps $steps"; fi
 runs=""                        # stages 3-6: one experiment dir under $exp per variant and seed
 for v in $variants; do
   if [ -z "$seeds" ]; then runs="$runs $v"; else for s in $seeds; do runs="$runs ${v}_seed$s"; done; fi
-done
-first_runs=""                  # stage 5: the first seed of each variant
-for v in $variants; do
-  if [ -z "$seeds" ]; then first_runs="$first_runs $v"; else first_runs="$first_runs ${v}_seed${seeds%% *}"; fi
 done
 for s in $seeds; do [[ $s =~ ^[0-9]+$ ]] || { log "error: --seeds takes non-negative integers, not '$s'"; exit 1; }; done
 
@@ -123,11 +119,12 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # Harvest F0 of 50 clips per speaker (~3 min of speech each): ~75 s on 2 idle cores.
   once feats/train/.f0_stats.done sqvae-speech f0-stats data/train feats/train/f0_stats.json --nj $nj \
     --max-utts-per-speaker 50 --no-progress
-  for v in $first_runs; do
-    # every main speaker's first held-out clips, decoded as every main speaker (itself included)
+  for v in $runs; do
+    # every main speaker's first held-out clips, decoded as every main speaker (itself included),
+    # each output's speaker similarity to the held-out recordings of its target and source
     sqvae-speech convert --exp $exp/$v --make-list data/test --speakers cs-m,cs-v,nl-m,nl-v \
       --per-speaker $convert_per_speaker --feats feats/test --f0-stats feats/train/f0_stats.json \
-      --vocoder $vocoder --f0-norm $f0_norm --out $exp/$v/conversion --no-progress
+      --vocoder $vocoder --f0-norm $f0_norm --similarity data/test --out $exp/$v/conversion --no-progress
     log "listening page: $exp/$v/conversion/index.html"
   done
 fi

@@ -91,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--f0-norm", choices=F0_NORMS, default="speaker",
                    help="WORLD F0 mapping: by the source speaker's log-F0 statistics (default; keeps each line's "
                         "register) or by the source utterance's own (every output at the target's median)")
+    p.add_argument("--similarity", metavar="DATA_DIR",
+                   help="held-out recordings of the target and source speakers: each output's speaker similarity "
+                        "to them (Resemblyzer) goes into conversion.json and beside its audio on the page")
     p.add_argument("--gl-iters", type=int, default=100, help="Griffin-Lim iterations (default 100)")
     p.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -150,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 data = str(subset)
         manifest = run_conversion(args.exp, items, args.out, args.vocoder, args.feats, data, f0_stats,
                                   args.f0_method, args.gl_iters, args.seed, args.device, args.progress, where=where,
-                                  f0_norm=args.f0_norm)
+                                  f0_norm=args.f0_norm, similarity_data=args.similarity)
         if dd is not None:
             write_conversion_list(Path(args.out) / "list.txt", items)  # what was converted, for --list next time
         if subset is not None:

@@ -104,6 +104,44 @@ def resynthesis_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+# (label, getter of one experiment row, format) of the table over seeds
+SEED_COLUMNS = (
+    ("dB^2 MSE", lambda e: _get(e, "results", "mse_db2"), ".2f"),
+    ("codes used", lambda e: _get(e, "results", "used_codes"), ".0f"),
+    ("PNMI", lambda e: _get(e, "units", "pnmi"), ".3f"),
+    ("probe z_q", lambda e: _get(e, "probe", "z_q", "accuracy"), ".3f"),
+    ("closer to target", lambda e: _get(e, "conversion", "closer_share"), ".2f"),
+    ("similarity to target", lambda e: _get(e, "conversion", "sim_target"), ".3f"),
+    ("similarity to source", lambda e: _get(e, "conversion", "sim_source"), ".3f"),
+)
+
+
+def seed_groups(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Experiments named ``<setup>_seed<N>``, grouped by setup (only setups with several seeds)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in report["experiments"]:
+        m = re.fullmatch(r"(.+)_seed(\d+)", e["name"])
+        if m:
+            groups.setdefault(m.group(1), []).append(e)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def seed_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Mean +- sample standard deviation over seeds of the key figures, one row per setup."""
+    rows = []
+    for name, exps in seed_groups(report).items():
+        cells = [name, str(len(exps))]
+        for _, get, spec in SEED_COLUMNS:
+            vals = [v for v in (get(e) for e in exps) if isinstance(v, (int, float)) and np.isfinite(v)]
+            if not vals:
+                cells.append("n/a")
+            else:
+                std = f" +- {format(float(np.std(vals, ddof=1)), spec)}" if len(vals) > 1 else ""
+                cells.append(f"{format(float(np.mean(vals)), spec)}{std}")
+        rows.append(cells)
+    return ["setup", "seeds", *(c[0] for c in SEED_COLUMNS)], rows
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -173,6 +211,11 @@ def blocks(report: dict[str, Any], out: Path, figures: dict[str, str]) -> list[B
     b: list[Block] = [("h", 1, "sqvae-speech report")]
     b.append(("p", "Experiments: " + "; ".join(f"{e['name']} ({e['variant']}, step {e['step']}, {e['exp']})" for e in exps)
               + f". Held-out data: {opts['data']} (features {opts['feats']}). Written in {report['seconds']} s."))
+    if seed_groups(report):
+        header, rows = seed_table(report)
+        b += [("h", 2, "Over seeds"), ("table", header, rows),
+              ("p", ("Mean +- sample standard deviation over the runs that differ only by seed (named <setup>_seed<N>); "
+                    "closer to target: the share of conversions more similar to their target than to their source."))]
     header, rows = summary_table(report)
     b += [("h", 2, "All metrics"), ("table", header, rows),
           ("p", ("Bold: the best value of a row where lower or higher is better. The speaker probe is a logistic "

@@ -156,7 +156,8 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
         report["experiments"].append(row)
     t = time.time()
     known = set.intersection(*(set(m.speakers) for m in models.values()))
-    utts = heldout.pick_utterances(store.utt2spk(), store.frames, opts.resynth_utts, speakers=sorted(known))
+    utts = (heldout.pick_utterances(store.utt2spk(), store.frames, opts.resynth_utts, speakers=sorted(known))
+            if opts.resynth_utts > 0 else [])
     if utts:
         sources = load_sources(utts, cfg, opts.feats, opts.data, need_audio=True, where="report")
         f0_method = first.f0_stats.method if first.f0_stats else "harvest"

@@ -234,8 +234,14 @@ def run_conversion(
     feats: str | Path | None = None, data: str | Path | None = None, f0_stats: str | Path | None = None,
     f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
     progress: bool = True, title: str | None = None, where: str = "conversion list", f0_norm: str = "speaker",
+    similarity_data: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Convert ``items``, write wavs, PNGs, sources, ``conversion.json`` and ``index.html``.
+
+    With ``similarity_data`` (a data dir of held-out recordings), each output's speaker
+    similarity to its target and to its source speaker (:mod:`sqvae_speech.metrics.speaker`,
+    as ``sqvae-speech report`` measures it) goes into ``conversion.json`` and beside its
+    audio on the page.
 
     Returns the manifest entries. Everything is checked (speakers, sources, lengths, F0
     statistics) before the first file is written.
@@ -254,6 +260,13 @@ def run_conversion(
     sources = load_sources([it.source for it in items], cfg.features, feats, data, vocoder == "world", where)
     for it in items:
         conv.check_f0(sources[it.source], it.target)
+    refs = None
+    if similarity_data is not None:
+        from ..metrics.heldout import ReferenceVoices
+
+        refs = ReferenceVoices(similarity_data, cfg.features.sample_rate)
+        for spk in dict.fromkeys([it.target for it in items] + [s.speaker for s in sources.values() if s.speaker]):
+            refs.centroid(spk)  # every speaker has held-out recordings, checked before anything is written
     out_dir = Path(out_dir)
     sr, top_db = cfg.features.sample_rate, cfg.features.top_db
     page: list[PageItem] = []
@@ -289,6 +302,9 @@ def run_conversion(
         plot_spectrograms(out_dir / f"{it.name}.png", panels, title=f"{it.name}  [{vocoder}]", top_db=top_db,
                           diff_index=2 if recon else None)
         caption = "reconstruction" if recon else f"to {it.target}"
+        if refs is not None and not src.silent:
+            entry["similarity"] = similarity(refs, wav, sr, it.target, src, str(out_dir / entry["wav"]))
+            caption += "; " + ", ".join(f"{v:.2f} like {k}" for k, v in entry["similarity"].items())
         page.append(PageItem(src.speaker or "(unknown speaker)", src.label, it.target, entry["wav"], entry["png"], caption))
         manifest.append(entry)
     atomic_write_json(out_dir / MANIFEST, {"exp": str(exp), "checkpoint": str(ckpt), "step": step, "vocoder": vocoder,
@@ -299,9 +315,27 @@ def run_conversion(
              f"source as recorded, the source through the vocoder alone, then the source decoded as each target speaker "
              f"(its own speaker = reconstruction), each scaled to the loudness (RMS) of its source recording. "
              f"Spectrograms: source, decoded, and for reconstructions the difference.")
+    scored = [m for m in manifest if not m["reconstruction"] and "similarity" in m and m["source_speaker"]]
+    if scored:
+        closer = sum(m["similarity"][m["target"]] > m["similarity"][m["source_speaker"]] for m in scored)
+        notes += (f" Speaker similarity: the cosine between the Resemblyzer embedding of an output and the mean "
+                  f"embedding of a speaker's held-out recordings in {similarity_data}; {closer} of {len(scored)} "
+                  f"conversions are closer to their target than to their source speaker.")
     write_page(out_dir, page, title or f"SQ-VAE voice conversion: {Path(exp).name}", notes,
                columns=["recorded", f"{vocoder} only", *targets])
     return manifest
+
+
+def similarity(refs: Any, wav: np.ndarray, sample_rate: int, target: str, src: Source, name: str) -> dict[str, float]:
+    """``{speaker: cosine}`` of an output's speaker embedding with the target's (and the
+    source speaker's) held-out recordings, the source utterance itself left out."""
+    from ..metrics.speaker import cosine
+
+    emb = refs.encoder.embed(wav, sample_rate, name=name)
+    out = {target: cosine(emb, refs.centroid(target, exclude=src.key))}
+    if src.speaker and src.speaker != target:
+        out[src.speaker] = cosine(emb, refs.centroid(src.speaker, exclude=src.key))
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def _unique(name: str, used: set[str]) -> str:

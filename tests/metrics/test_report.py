@@ -73,7 +73,8 @@ def setup(real_featstore, speech_files, tmp_path_factory) -> dict[str, Path]:
         exps[variant] = exp
     conv = [ConversionItem(src, tgt, f"{src}__to__{tgt}") for src in ("cs-m_0", "nl-v_0") for tgt in ("cs-v", "nl-m")]
     run_conversion(exps["gaussian_4"], conv, exps["gaussian_4"] / "conversion", "world", feats=root / "feats",
-                   data=root / "data", f0_stats=_stats(root / "f0.json"), progress=False, f0_norm="utterance")
+                   data=root / "data", f0_stats=_stats(root / "f0.json"), progress=False, f0_norm="utterance",
+                   similarity_data=root / "data")
     return {"root": root, **exps}
 
 
@@ -121,6 +122,38 @@ def test_every_section_is_filled(report: Path) -> None:
         assert row["utterances"] == 4 and set(row["per_utterance"]) == set(r["resynthesis_utterances"])
         m = row["mean"]
         assert 1.0 <= m["pesq_wb"] <= 4.64 and 0 <= m["stoi"] <= 1 and m["mcd_db"] > 0 and 0 <= m["vuv_error"] <= 1
+
+
+def test_the_listening_page_shows_the_same_similarity(report: Path, setup: dict[str, Path]) -> None:
+    """convert --similarity scores each output as the report does, and the page shows it."""
+    conv = setup["gaussian_4"] / "conversion"
+    manifest = {m["name"]: m for m in json.loads((conv / "conversion.json").read_text())["items"]}
+    page = (conv / "index.html").read_text()
+    r = json.loads((report / "report.json").read_text())
+    for it in r["experiments"][0]["conversion"]["items"]:
+        sim = manifest[it["name"]]["similarity"]
+        assert sim[it["target"]] == pytest.approx(it["sim_target"], abs=1e-4)
+        assert sim[it["source_speaker"]] == pytest.approx(it["sim_source"], abs=1e-4)
+        assert f"{sim[it['target']]:.2f} like {it['target']}" in page
+    closer = r["experiments"][0]["conversion"]["closer"]
+    assert f"{closer} of 4 conversions are closer to their target" in page
+
+
+def test_seed_table_gives_mean_and_std() -> None:
+    from sqvae_speech.metrics.page import seed_table
+
+    def exp(name: str, mse: float, share: float | None) -> dict:
+        return {"name": name, "results": {"mse_db2": mse, "used_codes": 10},
+                "conversion": None if share is None else {"closer_share": share}}
+
+    rep = {"experiments": [exp("a_seed0", 70.0, 0.5), exp("a_seed1", 74.0, 1.0), exp("b", 60.0, None),
+                           exp("c_seed0", 80.0, None), exp("c_seed2", 82.0, None)]}
+    header, rows = seed_table(rep)
+    assert header[:4] == ["setup", "seeds", "dB^2 MSE", "codes used"]
+    a = dict(zip(header, rows[0]))
+    assert a["setup"] == "a" and a["seeds"] == "2" and a["dB^2 MSE"] == "72.00 +- 2.83"
+    assert a["closer to target"] == "0.75 +- 0.35" and a["PNMI"] == "n/a"
+    assert [r[0] for r in rows] == ["a", "c"]  # "b" has no seeds
 
 
 def test_pages_agree_with_the_numbers(report: Path) -> None:
