@@ -160,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
             write_subset(dd, [it.source for it in items], Path(args.out) / "data")  # the --data of that list
     recon = [m["mse_db2"] for m in manifest if "mse_db2" in m]
     extra = f"; reconstructions: mean dB^2 MSE {np.mean(recon):.1f}" if recon else ""
+    scored = [m for m in manifest if not m["reconstruction"] and "similarity" in m and m["source_speaker"]]
+    if scored:
+        to_target = [m["similarity"][m["target"]] for m in scored]
+        to_source = [m["similarity"][m["source_speaker"]] for m in scored]
+        closer = sum(t > s for t, s in zip(to_target, to_source))
+        extra += (f"; speaker similarity {np.mean(to_target):.3f} to the target, {np.mean(to_source):.3f} to the "
+                  f"source, {closer} of {len(scored)} closer to the target")
     print(f"{len(manifest)} items written to {args.out} ({args.vocoder}){extra}; listen: {Path(args.out) / 'index.html'}")
     return 0
 
