@@ -180,7 +180,8 @@ def _evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | P
     t0 = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt_path = load_model(exp_or_ckpt)
-    store = FeatureStore.open(feats_dir, expect_config=cfg.features, expected_by=f"checkpoint {ckpt_path}")
+    store = FeatureStore.open(feats_dir, expect_config=cfg.features, expected_by=f"checkpoint {ckpt_path}",
+                              verify="full")  # every checksum: a damaged store is refused naming its utterances
     if eval_list is not None:
         items = read_eval_list(eval_list)
         source = str(eval_list)

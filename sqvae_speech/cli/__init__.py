@@ -18,6 +18,7 @@ from ..errors import SQVAEError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("sqvae_speech.cli.prepare", "write Kaldi-style data dirs for a corpus"),
     "validate-data": ("sqvae_speech.cli.validate_data", "check a data dir (ids, speakers, files)"),
+    "validate-store": ("sqvae_speech.cli.validate_store", "check feature stores for corruption (checksum of every utterance)"),
     "extract": ("sqvae_speech.cli.extract", "extract log-mel features into a packed store"),
     "train": ("sqvae_speech.cli.train", "train a speech SQ-VAE or a baseline quantizer (VQ-VAE, k-means VQ, FSQ, VAE)"),
     "evaluate": ("sqvae_speech.cli.evaluate", "dB^2 MSE and codebook usage of a trained model"),
