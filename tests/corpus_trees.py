@@ -118,7 +118,8 @@ def make_zerospeech2019(root: Path, sound_dir: Path, eval_items: list[list[str]]
     voices); train/parallel/source: files named like the first unit speaker with the same
     ids (unused by the recipes, there for the layout); test: 2 files each of speakers S002
     (the voice of the second unit speaker) and S003 (the first one's), clips not used for
-    training.
+    training; ``english/synthesis.txt``, the challenge's synthesis list: the first test
+    file of S002 as V001, that of S003 as V002.
     """
     eng = root / "english"
     voice_of = dict(zip((*unit_speakers, "V001", "V002"), VOICES))
@@ -138,4 +139,6 @@ def make_zerospeech2019(root: Path, sound_dir: Path, eval_items: list[list[str]]
         if test_speaker:
             for j, clip in enumerate(clips[-2:]):
                 write_clip(clip, eng / "test" / f"{test_speaker}_{_file_id(test_speaker, j)}.wav", 16000)
+    (eng / "synthesis.txt").write_text("".join(f"test/{spk}_{_file_id(spk, 0)}.wav {voice}\n"
+                                               for spk, voice in (("S002", "V001"), ("S003", "V002"))))
     return root

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from sqvae_speech.data.datadir import read_datadir, validate_datadir
 from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
 from sqvae_speech.evaluate import read_eval_list as read_evaluate_list
+from sqvae_speech.zerospeech.submission import read_synthesis_list, validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "zerospeech2019"
@@ -210,7 +212,8 @@ def write_abx_items(path: Path, test_dir: Path) -> list[str]:
 def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Stages 0-6: data dirs, features, two models, the dB^2 table on the (reduced) list,
     WORLD conversion of the test speakers to V001 / V002 with a listening page, the
-    submission layout of english/test with its bitrate, and ABX with an item file."""
+    submission layout of english/test with its bitrate, ABX with an item file, and the
+    complete submission (synthesis list, metadata, code statement) zipped and validated."""
     recipe = copy_recipe("zerospeech2019", tmp_path, REFERENCE_EVAL_LIST.name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
     test_files = write_abx_items(tmp_path / "test.item", corpus / "english" / "test")
@@ -288,12 +291,37 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
             for condition in ("within", "across"):
                 assert result[condition]["triplets"] > 0 and 0 <= result[condition]["error"] <= 100
         assert f"{variant} quantized (z_q)" in (recipe / "exp" / variant / "abx.md").read_text()
+        # the complete submission: the synthesis list in V001 / V002, metadata, code statement,
+        # zipped and valid; broken copies of it fail with named problems
+        zipped = recipe / "exp" / variant / "submission.zip"
+        assert f"{zipped.relative_to(recipe)} is a valid ZeroSpeech 2019 submission" in r.stdout
+        assert validate_submission(zipped, corpus) == []
+        with zipfile.ZipFile(zipped) as z:
+            listed = set(z.namelist())
+        voices = {f"english/test/{it.output}" for it in read_synthesis_list(corpus)}
+        assert {f[:18] for f in voices} == {"english/test/V001_", "english/test/V002_"} and voices < listed
+        assert {"metadata.yaml", "code/README.md"} < listed and not any(f.endswith(".json") for f in listed)
+        assert len(listed) == 2 + len(voices) + 2 * len(test_files)
+        broken = tmp_path / f"broken-{variant}"
+        with zipfile.ZipFile(zipped) as z:
+            z.extractall(broken)
+        (broken / "english" / "test" / f"{test_files[0]}.txt").unlink()
+        first = broken / "english" / "auxiliary_embedding1" / f"{test_files[1]}.txt"
+        first.write_text(first.read_text().replace(" ", " 0.5 ", 1))
+        meta = broken / "metadata.yaml"
+        meta.write_text(meta.read_text().replace("open source: true", "open source: maybe"))
+        problems = {p.code: p.message for p in validate_submission(broken, corpus)}
+        assert problems == {
+            "missing-file": f"english/test/{test_files[0]}.txt is missing",
+            "frame-width": f"english/auxiliary_embedding1/{test_files[1]}.txt line 2 has 8 values, line 1 9",
+            "metadata-type": "metadata.yaml field 'open source' must be true or false, got 'maybe'"}
 
     # a rerun of stage 6 keeps the written files; without an item file ABX is skipped,
     # saying how to run it
     r = _run_recipe(recipe, *opts, "--stage", "6", "--variants", "gaussian_1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("0 file(s) written, 4 already there") == 2
+    assert "submission: 0 file(s) synthesized (world), 2 already there" in r.stdout
     assert "ABX skipped: no --abx-item" in r.stderr and "--abx-item FILE" in r.stderr
     # a target speaker the model was not trained on: a clear error from `convert`, in the
     # recipe and by itself

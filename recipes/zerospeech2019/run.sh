@@ -15,6 +15,9 @@ corpus_dir=""            # the dir holding english/ (or english/ itself)
 eval_list=zerospeech2019_english_mse_evaluation.json  # the paper's dB^2 list (JSON [[path, speaker], ...]); relative: from the current dir, else the recipe dir
 convert_sources=""       # stage 5: speakers of data/test (english/test) whose utterances are converted; empty: the first 4 of data/test
 convert_targets="V001 V002"  # stage 5: training speakers to decode as (the challenge's target voices)
+synthesis_vocoder=world  # stage 6: vocoder of the submission's speech (english/synthesis.txt): world (needs stage 5's feats/train/f0_stats.json) or griffinlim
+author="anonymous"       # stage 6: metadata.yaml 'author' of the submission
+affiliation="unaffiliated"  # stage 6: metadata.yaml 'affiliation' of the submission
 
 help_message="Usage: $0 --corpus-dir PATH [options]
 Stages: 0 check the corpus and the evaluation list, 1 data dirs (data/train,
@@ -22,13 +25,16 @@ data/eval + data/eval_list.txt, data/test), 2 features (feats/<set>), 3 train ea
 variant (exp/<variant>), 4 evaluate on the paper's list and print the dB^2 table next to
 the paper's (exp/RESULTS.md, exp/curves.png), 5 F0 statistics of the target voices
 (feats/train/f0_stats.json) and conversion of test speakers to them by the first variant,
-with a listening page (exp/<variant>/conversion/index.html), 6 export of english/test in
-the ZeroSpeech 2019 submission layout (exp/<variant>/submission/english/test and
-.../english/auxiliary_embedding1) and its bitrate (exp/<variant>/bitrate.json); with
---abx-item FILE also ABX (exp/<variant>/abx.md); all written next to run.sh."
+with a listening page (exp/<variant>/conversion/index.html), 6 a ZeroSpeech 2019
+submission per variant: english/test exported (exp/<variant>/submission/english/test and
+.../english/auxiliary_embedding1), its bitrate (exp/<variant>/bitrate.json), the speech
+of the challenge's synthesis list in V001 / V002, metadata.yaml and code/, packed into
+exp/<variant>/submission.zip and validated; with --abx-item FILE also ABX
+(exp/<variant>/abx.md); all written next to run.sh."
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/speech_recipe.sh"  # the shared options; parses the command line
+require_one_of synthesis_vocoder world griffinlim
 
 if [ -z "$corpus_dir" ]; then
   log "error: --corpus-dir is required: the ZeroSpeech 2019 English dataset (the dir holding english/)," \
@@ -101,11 +107,17 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  log "Stage 6: english/test in the ZeroSpeech 2019 submission layout, bitrate${abx_item:+, ABX with $abx_item}"
+  log "Stage 6: ZeroSpeech 2019 submissions (english/test, bitrate${abx_item:+, ABX with $abx_item}, speech, zip)"
   for v in $variants; do
     # file names as in the corpus (S002_0379.txt): the utterance ids are the file names
     export_variant $v $exp/$v/submission/english/test $exp/$v/submission/english/auxiliary_embedding1 \
       $exp/$v/bitrate.json
+    # The rest of a submission: english/synthesis.txt decoded as V001 / V002, test files the
+    # export skipped (too short), metadata.yaml, code/README.md; zipped and validated (exit 2
+    # naming each problem); a rerun keeps the files already written.
+    sqvae-speech submission --exp $exp/$v --corpus-dir "$corpus_dir" --out $exp/$v/submission \
+      --vocoder $synthesis_vocoder --f0-stats feats/train/f0_stats.json --f0-norm $f0_norm \
+      --author "$author" --affiliation "$affiliation" --no-progress
   done
   if [ -z "$abx_item" ]; then
     log "ABX skipped: no --abx-item. To score the exports, pass --abx-item FILE, an item file" \

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package": ("sqvae_speech.cli.package", "write a shareable model file (+ model card) from an experiment"),
     "report": ("sqvae_speech.cli.report", "unit-quality and speech-quality metrics of experiments in one report"),
     "bitrate": ("sqvae_speech.cli.bitrate", "ZeroSpeech 2019 bitrate of exported features"),
+    "submission": ("sqvae_speech.cli.submission", "complete, zip and validate a ZeroSpeech 2019 submission"),
     "abx": ("sqvae_speech.cli.abx", "ABX error rate of features against an item file"),
     "vision": ("sqvae_speech.cli.vision", "image experiments: train / evaluate vision SQ-VAEs"),
     "flite-abx-set": ("sqvae_speech.cli.flite_abx_set", "synthesize a phone-labelled English ABX set with flite"),
