@@ -28,12 +28,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import CheckpointError, SQVAEError
 from .fileio import atomic_torch_save, atomic_write_text
+from .textsafe import md_code, md_text, one_line
 
 MODEL_FORMAT = "sqvae-speech-model"
 MODEL_VERSION = 1
@@ -88,6 +90,9 @@ def write_model_file(exp: str | Path, out: str | Path, f0_stats: str | Path | No
     out = Path(out)
     if out.suffix != SUFFIX:
         raise SQVAEError(f"model file {out}: give it the suffix {SUFFIX} (the model card goes beside it as .md)")
+    if one_line(out.name) != out.name:
+        raise SQVAEError(f"model file {out!r}: its name holds a control character (a newline, tab or escape); "
+                         "the model card quotes the name: choose a plain one")
     ckpt_path = resolve_checkpoint(exp)
     ckpt = load_checkpoint(ckpt_path)
     if "model_file" in ckpt:
@@ -140,15 +145,16 @@ def model_card(meta: dict[str, Any], model: Any, file_name: str, sha256: str) ->
     m, f, t = cfg["model"], cfg["features"], cfg.get("train", {})
     metrics = meta.get("metrics")
     f0 = meta.get("f0_stats")
-    f0_row = f"of {', '.join(sorted(f0['speakers']))}" if f0 else "none (WORLD conversion needs them)"
+    # names (file, experiment, speakers) are shown as text: escaped in Markdown, quoted in code
+    f0_row = f"of {', '.join(md_text(s) for s in sorted(f0['speakers']))}" if f0 else "none (WORLD conversion needs them)"
     lines = [
-        f"# {file_name}: {m['variant']} speech model (sqvae-speech)", "",
+        f"# {md_text(file_name)}: {m['variant']} speech model (sqvae-speech)", "",
         (f"A {m['variant']} model trained with sqvae-speech {meta['toolkit']} for {meta['step']} steps "
-         f"(experiment `{meta['source']['experiment']}`, {meta['source']['checkpoint']})."), "",
+         f"(experiment {md_code(meta['source']['experiment'])}, {md_text(meta['source']['checkpoint'])})."), "",
         "| | |", "|---|---|",
         f"| quantizer | {m['variant']}, K = {codebook_size(model.quantizer)}, D = {m['quantizer'].get('embedding_dim', '')} |",
         f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
-        f"| speakers | {len(meta['speakers'])}: {', '.join(meta['speakers'])} |",
+        f"| speakers | {len(meta['speakers'])}: {', '.join(md_text(s) for s in meta['speakers'])} |",
         (f"| features | {f['n_mels']} log-mel bands, {f['sample_rate']} Hz, hop {f['hop_length']}, "
          f"window {f['win_length']} (units at {f['sample_rate'] / (2 * f['hop_length']):g} per second) |"),
         (f"| training | batch {t.get('batch_size', '?')}, {t.get('batching', 'crops')}, lr {t.get('lr', '?')}, "
@@ -166,8 +172,15 @@ def model_card(meta: dict[str, Any], model: Any, file_name: str, sha256: str) ->
     else:
         lines += ["## Evaluation", "", "Not evaluated (`sqvae-speech evaluate` writes the figures packaged here).", ""]
     lines += ["## Use", "", "```python", "import sqvae_speech as sq",
-              f'model = sq.load_model("{file_name}")', 'units = model.encode("recording.wav")   # units.indices: [T\'] int64',
-              f'wav, sr = model.resynthesize("recording.wav", speaker="{meta["speakers"][0]}")', "```", "",
-              "```sh", f"sqvae-speech encode --model {file_name} recordings/ --out units --format units", "```", "",
+              f"model = sq.load_model({_py_str(file_name)})", 'units = model.encode("recording.wav")   # units.indices: [T\'] int64',
+              f'wav, sr = model.resynthesize("recording.wav", speaker={_py_str(meta["speakers"][0])})', "```", "",
+              "```sh", f"sqvae-speech encode --model {shlex.quote(one_line(file_name))} recordings/ --out units --format units",
+              "```", "",
               "The file loads with `torch.load(path, weights_only=True)`.", ""]
     return "\n".join(lines)
+
+
+def _py_str(text: str) -> str:
+    """A Python string literal of ``text`` on one line (quotes, backslashes and control
+    characters escaped), for the card's code sample."""
+    return json.dumps(text, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

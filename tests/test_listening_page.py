@@ -68,22 +68,33 @@ def chromium() -> str:
     pytest.fail(f"headless Chromium is needed to test the listening page: {INSTALL_HINT}")
 
 
-def browser_check(page_dir: Path, tmp: Path, extra_html: str = "", name: str = "index.html") -> dict:
-    """Open a checker copy of ``page_dir/name`` in headless Chromium; what it reports."""
+def dump_dom(page_dir: Path, tmp: Path, extra_html: str = "", name: str = "index.html") -> subprocess.CompletedProcess:
+    """Open a copy of ``page_dir/name`` with ``extra_html`` added at the end of its body in
+    headless Chromium; its DOM once loaded (``stdout``)."""
     copy = page_dir / f"{Path(name).stem}.check.html"
     html = (page_dir / name).read_text(encoding="utf-8")
-    copy.write_text(html.replace("</body>", extra_html + CHECKER + "</body>"), encoding="utf-8")
+    assert html.count("</body>") == 1, "the page must end its body once"
+    copy.write_text(html.replace("</body>", extra_html + "</body>"), encoding="utf-8")
     try:
         cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={tmp / 'chromium-profile'}", "--autoplay-policy=no-user-gesture-required",
                "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()]
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     finally:
         copy.unlink()
+
+
+def checker_result(r: subprocess.CompletedProcess) -> dict:
+    """What :data:`CHECKER` wrote into a dumped DOM."""
     m = re.search(r'<pre id="sqvae-check">(.*?)</pre>', r.stdout, re.DOTALL)
     assert m, f"the checker never reported (rc {r.returncode}): {r.stderr[-2000:]}"
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def browser_check(page_dir: Path, tmp: Path, extra_html: str = "", name: str = "index.html") -> dict:
+    """Open a checker copy of ``page_dir/name`` in headless Chromium; what it reports."""
+    return checker_result(dump_dom(page_dir, tmp, extra_html + CHECKER, name))
 
 
 @pytest.fixture(scope="module")

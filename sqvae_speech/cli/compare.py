@@ -20,6 +20,7 @@ import numpy as np
 from ..config import load_yaml
 from ..errors import SQVAEError
 from ..fileio import atomic_path, atomic_write_text
+from ..textsafe import mpl_text
 
 
 def load_results(exp_dirs: list[str]) -> list[dict]:
@@ -195,7 +196,7 @@ def plot_curves(exp_dirs: list[str], out: str | Path) -> None:
             if not len(steps) or np.isnan(mean).all():
                 continue  # no variance (VQ, FSQ) or no metrics
             color = colors(i % colors.N)
-            ax.plot(steps, mean, color=color, label=label if key == "mse_db2" else None, lw=1.2)
+            ax.plot(steps, mean, color=color, label=mpl_text(label) if key == "mse_db2" else None, lw=1.2)
             if len(runs) > 1:
                 ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
     for ax, (key, title) in zip(axes, panels):

@@ -179,12 +179,13 @@ def file_items(files: Sequence[str], speakers: list[str] | None) -> list[Convers
     for f in files:
         if not Path(f).is_file():
             raise SQVAEError(f"{f}: no such audio file")
-        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", Path(f).stem).lstrip("._-") or "audio"
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", Path(f).stem).lstrip("._+-") or "audio"
         for spk in speakers:
-            name, k = f"{stem}_to_{re.sub(r'[^A-Za-z0-9._+-]', '_', spk)}", 1
+            safe = re.sub(r"[^A-Za-z0-9._+-]", "_", spk)  # a speaker name may hold '/', '..' or markup
+            name, k = f"{stem}_to_{safe}", 1
             while name in used:
                 k += 1
-                name = f"{stem}-{k}_to_{spk}"
+                name = f"{stem}-{k}_to_{safe}"
             used.add(name)
             items.append(ConversionItem(str(f), spk, name))
     return items

@@ -3,7 +3,10 @@
 ``usage.png`` (code usage per experiment), ``phones_<name>.png`` (phone x code
 heatmaps), ``curves.png`` (training curves).
 
-Both pages are rendered from one list of blocks, so they cannot disagree.
+Both pages are rendered from one list of blocks, so they cannot disagree. Names
+(experiments, systems, paths) are text on both: HTML-escaped in ``report.html``, escaped
+Markdown in ``report.md`` (:func:`sqvae_speech.textsafe.md_text`), mathtext-escaped in the
+figures; links and image sources are percent-encoded relative paths.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from ..textsafe import md_text, mpl_text
 
 Block = tuple[Any, ...]  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", src, alt) | ("links", [(text, href)])
 
@@ -162,7 +167,7 @@ def plot_usage(report: dict[str, Any], path: Path) -> bool:
         ax.bar(np.arange(counts.size), np.maximum(counts, 0.5), width=1.0, color="tab:blue")
         ax.set_yscale("log")
         ax.set_ylim(0.8, max(2, counts.max()) * 1.5)
-        ax.set_title(f"{e['name']}: {used} of {counts.size} codes used", fontsize=9)
+        ax.set_title(mpl_text(f"{e['name']}: {used} of {counts.size} codes used"), fontsize=9)
         ax.set_xlabel("code (sorted by use)")
         ax.set_ylabel("frames")
     fig.tight_layout()
@@ -188,9 +193,9 @@ def plot_phone_heatmap(uq: Any, title: str, path: Path, max_phones: int = 40) ->
     order = sorted(range(used.size), key=lambda j: (rank.get(int(top[j]), len(rank)), -cond[top[j], j]))
     fig, ax = plt.subplots(figsize=(min(16, 3 + 0.03 * used.size), 0.2 * phones.size + 1.6))
     im = ax.imshow(cond[phones][:, order], aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(phones.size), [uq.phones[p] for p in phones], fontsize=7)
+    ax.set_yticks(range(phones.size), [mpl_text(uq.phones[p]) for p in phones], fontsize=7)
     ax.set_xlabel(f"{used.size} used codes, grouped by their most likely phone")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(mpl_text(title), fontsize=9)
     fig.colorbar(im, ax=ax, label="P(phone | code)", fraction=0.03)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
@@ -258,7 +263,14 @@ def blocks(report: dict[str, Any], out: Path, figures: dict[str, str]) -> list[B
 
 
 def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|")
+    """A table cell as Markdown text; ``**x**`` (a best value) stays bold."""
+    return f"**{md_text(s[2:-2])}**" if len(s) > 4 and s.startswith("**") and s.endswith("**") else md_text(s)
+
+
+def _url(path: str) -> str:
+    """A relative path as a link target: percent-encoded (no ``:`` scheme, no quote,
+    space or bracket can end or change it), ``/`` kept."""
+    return quote(path.replace(os.sep, "/"))
 
 
 def render_md(bl: list[Block]) -> str:
@@ -266,18 +278,18 @@ def render_md(bl: list[Block]) -> str:
     for blk in bl:
         kind = blk[0]
         if kind == "h":
-            out.append("#" * blk[1] + " " + blk[2])
+            out.append("#" * blk[1] + " " + md_text(blk[2]))
         elif kind == "p":
-            out.append(blk[1])
+            out.append(md_text(blk[1]))
         elif kind == "table":
             header, rows = blk[1], blk[2]
             out.append("\n".join(["| " + " | ".join(map(_md_cell, header)) + " |",
                                   "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
                                   *("| " + " | ".join(map(_md_cell, r)) + " |" for r in rows)]))
         elif kind == "img":
-            out.append(f"![{blk[2]}]({blk[1]})")
+            out.append(f"![{md_text(blk[2])}]({_url(blk[1])})")
         elif kind == "links":
-            out.append("\n".join(f"- [{t}]({h})" for t, h in blk[1]))
+            out.append("\n".join(f"- [{md_text(t)}]({_url(h)})" for t, h in blk[1]))
     return "\n\n".join(out) + "\n"
 
 
@@ -303,9 +315,9 @@ def render_html(bl: list[Block], title: str) -> str:
             body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in blk[2])
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":
-            out.append(f"<img src='{html.escape(blk[1])}' alt='{html.escape(blk[2])}'>")
+            out.append(f"<img src='{html.escape(_url(blk[1]))}' alt='{html.escape(blk[2])}'>")
         elif kind == "links":
-            out.append("<ul>" + "".join(f"<li><a href='{html.escape(h)}'>{html.escape(t)}</a></li>" for t, h in blk[1])
+            out.append("<ul>" + "".join(f"<li><a href='{html.escape(_url(h))}'>{html.escape(t)}</a></li>" for t, h in blk[1])
                        + "</ul>")
     out.append("</body></html>\n")
     return "\n".join(out)

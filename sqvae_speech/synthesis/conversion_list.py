@@ -40,7 +40,9 @@ def make_conversion_list(
     Sources: the first ``per_speaker`` sorted utterance ids of each speaker (``speakers``,
     default all of the data dir) lasting at least ``min_seconds``; a speaker with fewer
     such utterances is filled up with its longest other ones. ``targets`` defaults to the
-    source speakers. Names are ``<utt>__to__<target>``. ``data_dir`` may also be several
+    source speakers. Names are ``<utt>__to__<target>``, each character outside letters, digits
+    and ``. _ + -`` as ``_`` (an id or speaker may hold ``/``, ``..`` or markup; a name is
+    a plain file stem), made unique with ``-2``, ``-3``... ``data_dir`` may also be several
     data dirs (taken together, see :func:`merge_datadirs`) or a :class:`DataDir`.
     """
     from ..data.datadir import recording_durations
@@ -65,7 +67,38 @@ def make_conversion_list(
         chosen = sorted(chosen + rest[: per_speaker - len(chosen)])
         sources += [(u, spk) for u in chosen]
     targets = list(targets) if targets is not None else speakers
-    return [ConversionItem(u, t, f"{u}__to__{t}") for u, _ in sources for t in targets]
+    items, used = [], {MANIFEST.split(".")[0]}
+    for u, _ in sources:
+        for t in targets:
+            base = output_name(f"{u}__to__{t}")
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base}-{k}"
+            used.add(name)
+            items.append(ConversionItem(u, t, name))
+    return items
+
+
+def output_name(text: str) -> str:
+    """``text`` as a plain file stem (:data:`_NAME`): each other character as ``_``, a
+    leading ``. _ + -`` dropped."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip("._+-") or "item"
+
+
+def check_output_names(items: Sequence[ConversionItem], where: str) -> None:
+    """Each output name a plain file stem (letters, digits, ``. _ + -``, not starting with
+    a punctuation mark), used once and not the manifest's: an SQVAEError naming the row
+    otherwise. Nothing is then written outside the output dir."""
+    seen: dict[str, int] = {}
+    for n, it in enumerate(items, 1):
+        if not isinstance(it.name, str) or not _NAME.match(it.name) or it.name == MANIFEST.split(".")[0]:
+            raise SQVAEError(f"{where} row {n}: output name {it.name!r} must be a plain file stem (letters, digits, "
+                             f". _ + -, starting with a letter or digit; not '{MANIFEST.split('.')[0]}'): it names "
+                             "files in the output dir")
+        if it.name in seen:
+            raise SQVAEError(f"{where} row {n}: output name '{it.name}' already used by row {seen[it.name]}")
+        seen[it.name] = n
 
 
 def merge_datadirs(data_dirs: str | Path | Sequence[str | Path]) -> DataDir:

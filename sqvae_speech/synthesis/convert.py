@@ -40,7 +40,7 @@ from ..data.audio import is_silent, load_audio
 from ..data.batching import MIN_FRAMES
 from ..errors import SQVAEError
 from ..fileio import atomic_path, atomic_write_json
-from .conversion_list import MANIFEST, ConversionItem
+from .conversion_list import MANIFEST, ConversionItem, check_output_names
 from .f0 import F0Stats, convert_f0, read_f0_stats, utterance_stats
 from .vocoders import (
     VOCODERS,
@@ -243,8 +243,8 @@ def run_conversion(
     as ``sqvae-speech report`` measures it) goes into ``conversion.json`` and beside its
     audio on the page.
 
-    Returns the manifest entries. Everything is checked (speakers, sources, lengths, F0
-    statistics) before the first file is written.
+    Returns the manifest entries. Everything is checked (output names, speakers, sources,
+    lengths, F0 statistics) before the first file is written.
     """
     from tqdm import tqdm
 
@@ -252,6 +252,7 @@ def run_conversion(
     from .listening import PageItem, plot_spectrograms, write_page
 
     t0 = time.time()
+    check_output_names(items, where)  # OUT/<name>.wav and .png: never a path out of OUT
     model, cfg, step, ckpt = load_model(exp)
     stats = read_f0_stats(f0_stats) if f0_stats else packaged_f0_stats(ckpt)
     conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm)

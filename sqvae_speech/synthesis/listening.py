@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from ..errors import SQVAEError
 from ..fileio import atomic_write_text
+from ..textsafe import mpl_text
 
 INDEX = "index.html"
 
@@ -156,11 +157,11 @@ def plot_spectrograms(path: str | os.PathLike, panels: Sequence[tuple[str, objec
                 im = ax.imshow(m - top_db, origin="lower", aspect="auto", cmap="magma", vmin=vmax - top_db, vmax=vmax,
                                interpolation="nearest")  # m - top_db: absolute dB of the mel magnitude
             ax.set_ylabel("mel band")
-            ax.set_title(label, fontsize=9, loc="left")
+            ax.set_title(mpl_text(label), fontsize=9, loc="left")  # a name is text, not mathtext
             fig.colorbar(im, ax=ax, pad=0.01, label="dB")
         axes[-1, 0].set_xlabel("frame (10 ms)")
         if title:
-            fig.suptitle(title, fontsize=10)
+            fig.suptitle(mpl_text(title), fontsize=10)
         fig.tight_layout()
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=80)

@@ -244,7 +244,7 @@ def _export(
     names = {u: names.get(u, u) for u in utts}
     if len(unnamed) != len(utts) and unnamed:
         raise ExportError(f"the name map gives no output name to {len(unnamed)} utterance(s): {', '.join(unnamed[:5])}")
-    _check_names(names, "the name map")
+    _check_names(names, "the name map" if len(unnamed) < len(utts) else f"the utterance ids of {store.path}")
     too_short = [u for u in utts if store.frames(u) < MIN_FRAMES]
     todo_utts = [u for u in utts if store.frames(u) >= MIN_FRAMES]
     rate, offset = latent_time_convention(cfg.features)

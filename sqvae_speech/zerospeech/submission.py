@@ -40,6 +40,7 @@ import numpy as np
 
 from ..corpora import zerospeech2019 as zs
 from ..fileio import atomic_path, atomic_write_text
+from ..textsafe import md_code
 from .submission_check import (
     AUXILIARY,
     LANGUAGES,
@@ -50,6 +51,7 @@ from .submission_check import (
     check_submission,
     corpus_test_names,
     read_synthesis_list,
+    unsafe_entry,
     validate_submission,
 )
 
@@ -240,16 +242,21 @@ def code_statement(cfg: Any, step: int, ckpt: Any, command: str = "") -> str:
 
     return (f"# Code statement\n\nThis submission was made with sqvae-speech {__version__}, an open-source toolkit "
             f"for stochastically quantized VAEs on speech (the Python package and repository `sqvae-speech`).\n\n"
-            f"- model: {cfg.model.variant}, checkpoint `{Path(ckpt).name}` at step {step}\n"
+            f"- model: {cfg.model.variant}, checkpoint {md_code(Path(ckpt).name)} at step {step}\n"
             f"- recipe: `recipes/zerospeech2019/run.sh --corpus-dir CORPUS` (stages 0-6; stage 6 exports "
             f"english/test and english/auxiliary_embedding1 with `sqvae-speech export`, then runs the command "
-            f"below)\n" + (f"- command: `{command}`\n" if command else ""))
+            f"below)\n" + (f"- command: {md_code(command)}\n" if command else ""))
 
 
 def pack_submission(sub_dir: str | os.PathLike, zip_path: str | os.PathLike) -> int:
     """Zip ``metadata.yaml``, ``code/`` and each language's ``.txt`` / ``.wav`` files
     (paths relative to ``sub_dir``; ``export.json`` and hidden files left out),
-    atomically. Returns the number of files."""
+    atomically. Returns the number of files.
+
+    Only the submission's own files go in: a symbolic link, a file whose real path is
+    outside ``sub_dir`` (a linked folder) or a name that is no plain zip entry (see
+    :func:`~sqvae_speech.zerospeech.submission_check.unsafe_entry`) is a
+    :class:`SubmissionError` naming it, before the zip is written."""
     sub = Path(sub_dir)
     files = [sub / "metadata.yaml"] if (sub / "metadata.yaml").is_file() else []
     if (sub / "code").is_dir():
@@ -258,8 +265,19 @@ def pack_submission(sub_dir: str | os.PathLike, zip_path: str | os.PathLike) -> 
         for d in ("test", *AUXILIARY):
             files += sorted(p for p in (sub / lang / d).glob("*") if p.suffix in (".txt", ".wav")
                             and not p.name.startswith(".") and p.is_file())
+    real = sub.resolve()
+    entries = []
+    for p in files:
+        name = p.relative_to(sub).as_posix()
+        if p.is_symlink() or not p.resolve().is_relative_to(real):
+            raise SubmissionError(f"{p} is a symbolic link or lies in a linked folder (its real path is {p.resolve()}); "
+                                  f"a submission zips only files inside {sub}: copy the file there")
+        why = unsafe_entry(name)
+        if why:
+            raise SubmissionError(f"{p}: its zip entry {name!r} holds {why}; rename the file")
+        entries.append((p, name))
     with atomic_path(zip_path, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in files:
-            z.write(p, p.relative_to(sub).as_posix())
+        for p, name in entries:
+            z.write(p, name)
     return len(files)
 

@@ -46,6 +46,7 @@ asks for ``surprise/``, whose frames and audio are then checked but not its file
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import wave
 import zipfile
@@ -81,11 +82,27 @@ class SubmissionError(SQVAEError):
         self.problems = list(problems)
 
 
+def unsafe_entry(name: str) -> str | None:
+    """Why the zip entry ``name`` could land outside the folder it is unpacked into (or
+    is no plain name), or None: an absolute or drive path, a ``..`` part, a backslash (a
+    separator on Windows) or a control character."""
+    if not name or name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a '..' part"
+    if "\\" in name:
+        return "a backslash"
+    if re.search(r"[\x00-\x1f\x7f]", name):
+        return "a control character"
+    return None
+
+
 class Problem(NamedTuple):
     """One thing wrong with a submission. ``code`` names the kind: missing-entry,
     extra-entry, auxiliary-mismatch, metadata-unreadable, metadata-missing-field,
     metadata-forbidden-field, metadata-empty-field, metadata-type, metadata-value, code,
-    missing-file, frame-format, frame-width, dimension-mismatch, bad-wav, not-a-submission."""
+    missing-file, frame-format, frame-width, dimension-mismatch, bad-wav, not-a-submission,
+    unsafe-entry."""
 
     code: str
     message: str
@@ -149,6 +166,10 @@ def validate_submission(path: str | os.PathLike, corpus_dir: str | os.PathLike |
     with tempfile.TemporaryDirectory(prefix="sqvae-submission-") as tmp:
         try:
             with zipfile.ZipFile(path) as z:
+                unsafe = [f"{n!r} ({why})" for n in z.namelist() if (why := unsafe_entry(n))]
+                if unsafe:  # never unpacked
+                    return [Problem("unsafe-entry", f"{path} has entries that would unpack outside its folder or "
+                                                    f"are no plain names: {', '.join(unsafe[:5])}")]
                 z.extractall(tmp)
         except (zipfile.BadZipFile, OSError) as e:
             return [Problem("not-a-submission", f"{path} cannot be unpacked ({e})")]
