@@ -55,7 +55,8 @@ QUALITY = (("mcd_db", "MCD (dB)", ".2f", "low"), ("f0_rmse_cents", "F0 RMSE (cen
 def summary_rows(report: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         ("dB^2 MSE (held-out)", lambda r, e: _get(e, "results", "mse_db2"), ".2f", "low"),
-        ("codes used", lambda r, e: _get(e, "results", "used_codes"), "d", "high"),
+        ("codes used", lambda r, e: _get(e, "results", "used_codes") if _get(e, "results", "num_codes") else None,
+         "d", "high"),
         ("codebook size", lambda r, e: _get(e, "results", "num_codes"), "d", None),
         ("set perplexity", lambda r, e: _get(e, "results", "set_perplexity"), ".1f", "high"),
         ("bitrate (bits/s)", lambda r, e: _get(e, "results", "bitrate"), ".1f", None),
@@ -112,7 +113,7 @@ def resynthesis_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]
 # (label, getter of one experiment row, format) of the table over seeds
 SEED_COLUMNS = (
     ("dB^2 MSE", lambda e: _get(e, "results", "mse_db2"), ".2f"),
-    ("codes used", lambda e: _get(e, "results", "used_codes"), ".0f"),
+    ("codes used", lambda e: _get(e, "results", "used_codes") if _get(e, "results", "num_codes") else None, ".0f"),
     ("PNMI", lambda e: _get(e, "units", "pnmi"), ".3f"),
     ("probe z_q", lambda e: _get(e, "probe", "z_q", "accuracy"), ".3f"),
     ("closer to target", lambda e: _get(e, "conversion", "closer_share"), ".2f"),
