@@ -2,7 +2,8 @@
 
 Every function takes the reference ``ref [N]`` and the degraded signal ``deg [M]`` as float
 arrays at one ``sample_rate``. They must be time-aligned (a vocoder resynthesis on the same
-frame grid): there is no DTW. Both are trimmed to the shorter length; a signal shorter than
+frame grid): there is no DTW. The reference is analysed whole, the degraded signal cut to
+the common length, and they are compared on their common frames; a signal shorter than
 :data:`MIN_SECONDS` or lengths that differ by more than :data:`MAX_LENGTH_MISMATCH` (of the
 longer one: that is the wrong reference) raise :class:`~sqvae_speech.errors.SQVAEError`.
 
@@ -68,6 +69,14 @@ def _check_pair(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> tuple[np.
     return out[0][:k], out[1][:k]
 
 
+def _whole(ref: np.ndarray) -> np.ndarray:
+    """The reference as analysed: whole, never cut to the other signal's length. Harvest's
+    decisions depend on the length it sees (a held-out clip cut by 100 samples measured 59
+    cents against 134 for the same resynthesis), so a reference cut to each signal's length
+    would be a different reference for every signal compared with it."""
+    return np.asarray(ref, dtype=np.float64)
+
+
 def frame_length(sample_rate: int) -> int:
     """MCD analysis frame: 25 ms rounded up to a power of two samples (512 at 16 kHz, 256 at 8 kHz)."""
     return 1 << math.ceil(math.log2(FRAME_SECONDS * sample_rate))
@@ -114,8 +123,8 @@ def mcd(ref: np.ndarray, deg: np.ndarray, sample_rate: int, order: int = MCEP_OR
     silence would otherwise dominate. NaN when the reference is all zeros (no speech frame).
     About 0.11 s per second of audio (0.5 ms per frame and signal).
     """
-    ref, deg = _check_pair(ref, deg, sample_rate)
-    return _mcd(_ref_cepstra(ref, sample_rate, order, alpha), deg, sample_rate)
+    _, deg = _check_pair(ref, deg, sample_rate)
+    return _mcd(_ref_cepstra(_whole(ref), sample_rate, order, alpha), deg, sample_rate)
 
 
 def _window_alpha(sample_rate: int, alpha: float | None) -> tuple[np.ndarray, float]:
@@ -173,8 +182,8 @@ def f0_errors(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> tuple[float
     the V/UV error is the share of all frames whose voicing decisions differ.
     About 0.55 s per second of audio (two Harvest runs).
     """
-    ref, deg = _check_pair(ref, deg, sample_rate)
-    return _f0_errors(_f0(ref, sample_rate), _f0(deg, sample_rate))
+    _, deg = _check_pair(ref, deg, sample_rate)
+    return _f0_errors(_f0(_whole(ref), sample_rate), _f0(deg, sample_rate))
 
 
 def _f0_errors(f_ref: np.ndarray, f_deg: np.ndarray) -> tuple[float, float]:
@@ -242,22 +251,23 @@ class Reference:
 def speech_quality(ref: np.ndarray | Reference, deg: np.ndarray, sample_rate: int) -> dict[str, float]:
     """All metrics of ``deg [M]`` against ``ref [N]`` on the common length.
 
-    ``ref`` may be a :class:`Reference` computed once for several degraded signals; its
-    F0 and cepstra then come from the whole reference, which differs from analysing the
-    reference cut to the common length only in the last frame or two.
+    ``ref`` may be a :class:`Reference` computed once for several degraded signals; the
+    scores are the same either way. The reference is analysed whole (its F0 and cepstra),
+    the degraded signal cut to the common length, and the two compared on their common frames.
 
     Keys: ``mcd_db``, ``f0_rmse_cents``, ``vuv_error``, ``pesq_wb``, ``stoi``.
     """
     if not isinstance(ref, Reference):
-        ref = Reference.of(*_check_pair(ref, deg, sample_rate)[:1], sample_rate)
+        _check_pair(ref, deg, sample_rate)
+        ref = Reference.of(ref, sample_rate)
     if ref.sample_rate != sample_rate:
         raise SQVAEError(f"speech quality: the reference is at {ref.sample_rate} Hz, the signal at {sample_rate} Hz")
-    wav, deg = _check_pair(ref.wav, deg, sample_rate)
+    _, deg = _check_pair(ref.wav, deg, sample_rate)
     cents, vuv = _f0_errors(ref.f0, _f0(deg, sample_rate))
     return {
         "mcd_db": _mcd(ref.cepstra, deg, sample_rate),
         "f0_rmse_cents": cents,
         "vuv_error": vuv,
-        "pesq_wb": pesq_wb(wav, deg, sample_rate),
-        "stoi": stoi(wav, deg, sample_rate),
+        "pesq_wb": pesq_wb(ref.wav, deg, sample_rate),
+        "stoi": stoi(ref.wav, deg, sample_rate),
     }
