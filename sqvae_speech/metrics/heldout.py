@@ -187,7 +187,7 @@ def resynthesis_quality(sources: dict[str, Any], models: dict[str, Any], vocoder
     rows: list[dict[str, Any]] = []
     for name, voc in [(None, v) for v in vocoders] + [(n, v) for n in models for v in vocoders]:
         per = {u: scores[u][name, voc] for u in sources}
-        label = f"{voc} (vocoder only)" if name is None else f"{name} -> {voc}"
+        label = f"{voc} (vocoder only)" if name is None else f"{name} through {voc}"
         rows.append({"system": label, "model": name, "vocoder": voc, "utterances": len(per),
                      "mean": _mean(list(per.values())), "per_utterance": per})
     return rows

@@ -75,7 +75,7 @@ def summary_rows(report: dict[str, Any]) -> list[Row]:
     ]
     for voc in report.get("options", {}).get("vocoders", ()):
         for key, label, spec, better in QUALITY:
-            rows.append((f"reconstruction -> {voc}: {label}",
+            rows.append((f"reconstruction through {voc}: {label}",
                          lambda r, e, v=voc, k=key: _resynth(r, e["name"], v, k), spec, better))
     rows += [
         ("conversion: similarity to target", lambda r, e: _get(e, "conversion", "sim_target"), ".3f", "high"),

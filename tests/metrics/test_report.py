@@ -47,8 +47,8 @@ def test_every_section_is_filled(report: Path) -> None:
     assert all(it["semitones_from_target"] is not None for it in c["items"])
     # resynthesis: each vocoder alone, then each model through each vocoder, on one utterance per speaker
     systems = [row["system"] for row in r["resynthesis"]]
-    assert systems == ["world (vocoder only)", "griffinlim (vocoder only)", "gaussian_4 -> world",
-                       "gaussian_4 -> griffinlim", "vqvae_ema -> world", "vqvae_ema -> griffinlim"]
+    assert systems == ["world (vocoder only)", "griffinlim (vocoder only)", "gaussian_4 through world",
+                       "gaussian_4 through griffinlim", "vqvae_ema through world", "vqvae_ema through griffinlim"]
     assert len(r["resynthesis_utterances"]) == 4
     world_alone = r["resynthesis"][0]["mean"]
     assert world_alone["pesq_wb"] > r["resynthesis"][2]["mean"]["pesq_wb"]  # a 4-step model is far worse
