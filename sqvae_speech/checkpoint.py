@@ -128,6 +128,12 @@ def load_scheduler_state(scheduler: Any, state: dict[str, Any]) -> None:
     scheduler.load_state_dict(state)
 
 
+def resume_hint(latest: Path | None) -> str:
+    """What ``--resume`` continues from, for the message of a run that stopped."""
+    return (f"the newest complete checkpoint is {latest} (--resume continues from it)" if latest
+            else "no checkpoint was written before (--resume starts from step 0)")
+
+
 def save_checkpoint(exp_dir: str | Path, step: int, payload: dict[str, Any], keep: int) -> Path:
     """Write ``payload`` (model, optimizer, ...) plus format/step atomically; keep the newest ``keep``.
 
@@ -142,10 +148,7 @@ def save_checkpoint(exp_dir: str | Path, step: int, payload: dict[str, Any], kee
     try:
         atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "step": step, **payload})
     except DiskFullError as e:
-        latest = latest_checkpoint(exp_dir)
-        last = (f"the newest complete checkpoint is {latest} (--resume continues from it)" if latest
-                else "no checkpoint was written before (--resume starts from step 0)")
-        raise DiskFullError(f"{e}; {last}", e.errno or errno.ENOSPC) from e
+        raise DiskFullError(f"{e}; {resume_hint(latest_checkpoint(exp_dir))}", e.errno or errno.ENOSPC) from e
     for _, old in list_checkpoints(exp_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -5,6 +5,12 @@ one; a killed writer leaves at most a stray ``.tmp-*`` file, which is ignored.
 A write that fails because the file system is full (or over quota) raises
 :class:`~sqvae_speech.errors.DiskFullError` naming the file: the temporary file is removed
 and the target left as it was.
+
+Files that belong together (a feature store's ``feats.npy`` and ``index.json``) are written
+with :func:`staged_path` and put in place by renames only once all of them are complete.
+Logs that grow (``metrics.jsonl``, TensorBoard events) are appended with
+:func:`append_bytes`: a record that does not fit is cut off again, so the file always ends
+with a complete record.
 """
 
 from __future__ import annotations
@@ -37,6 +43,30 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     that insist on one.
     """
     target = Path(target)
+    with staged_path(target, suffix) as tmp_path:
+        yield tmp_path
+    try:
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except BaseException as e:
+        full = _is_disk_full(e, target.parent)
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        if full:
+            raise _disk_full(target, e) from e
+        raise
+
+
+@contextlib.contextmanager
+def staged_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """:func:`atomic_path` without the rename: yield a temporary path next to ``target``;
+    once the body returned the file is fsynced and left there, for the caller to rename
+    onto ``target`` (``os.replace``) together with the other files of a set, or to remove.
+
+    On an exception the temporary file is removed and ``target`` is left as it was; a full
+    disk raises :class:`DiskFullError` naming ``target``.
+    """
+    target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix=suffix, dir=target.parent)
@@ -52,14 +82,47 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
     except BaseException as e:
         full = _is_disk_full(e, target.parent)  # before the partial file frees its space
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         if full:
             raise _disk_full(target, e) from e
+        raise
+
+
+def append_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Append ``data`` to ``target`` (created if missing) as one record.
+
+    If the write fails part-way (a full disk writes what fits, then fails), the file is
+    cut back to its length before, or removed if this call created it, so it never ends
+    with a torn record that would break its next reader; truncating needs no space. A full
+    disk raises :class:`DiskFullError` naming the file.
+    """
+    target = Path(target)
+    try:
+        size: int | None = target.stat().st_size
+    except FileNotFoundError:
+        size = None
+    try:
+        with open(target, "ab") as f:
+            f.write(data)
+            f.flush()
+    except BaseException as e:
+        # The file is closed (its buffer flushed as far as it goes) before it is cut back.
+        full = _is_disk_full(e, target.parent)
+        with contextlib.suppress(OSError):
+            if size is None:
+                target.unlink()
+            else:
+                os.truncate(target, size)
+        if full:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+            code = e.errno if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS else errno.ENOSPC
+            raise DiskFullError(
+                f"disk full while appending to {target} ({reason}): the partial record was removed, "
+                f"{target.name} ends with its last complete one; free space on the file system of "
+                f"{target.parent} and run the command again", code) from e
         raise
 
 

@@ -13,12 +13,23 @@ One run at a time trains in an experiment dir: :func:`train` holds its lock
 (:mod:`sqvae_speech.locks`), taken by the main process only (rank 0 under ``accelerate
 launch``), so a second ``train`` (or an ``evaluate`` writing ``EXP/results.json``) on it
 stops at once with :class:`~sqvae_speech.errors.LockedError`.
+
+A full disk. The checkpoints are what must survive, and ``metrics.jsonl`` and the
+TensorBoard events live beside them: a log record that does not fit means the next
+checkpoint will not fit either. So a full disk while appending either stops training
+with :class:`~sqvae_speech.errors.DiskFullError` (exit 2) naming the file and the newest
+complete checkpoint (``--resume`` continues from it), the partial record cut off again
+(:func:`~sqvae_speech.fileio.append_bytes`), like a full disk while writing a checkpoint.
+TensorBoard events are written by :class:`~sqvae_speech.trainlog.EventLog` in the training loop itself, not by
+``SummaryWriter``, whose background thread only reports a failed write at some later call
+(and prints its own traceback). stderr (the progress bar and messages, often redirected to
+a log file) is the exception: output that does not fit there is dropped and training
+carries on; the run says so once at its end (:func:`lossy_stderr`).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import errno
 import os
 import sys
 import time
@@ -35,6 +46,7 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_scheduler_state,
+    resume_hint,
     rng_state,
     save_checkpoint,
     scheduler_state,
@@ -43,12 +55,13 @@ from .checkpoint import (
 from .config import ExperimentConfig, apply_overrides, dump_yaml, load_yaml
 from .data.batching import BucketBatchSampler, CropDataset, UtteranceDataset, collate
 from .data.featstore import FeatureStore
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError, DiskFullError, NonFiniteError
 from .fileio import atomic_write_text
 from .locks import dir_lock
 from .models import SpeechSQVAE, build_optimizer, describe
 from .nets import cpu as cpu_kernels
 from .nets.cpu.allocator import keep_freed_memory
+from .trainlog import log_metrics, lossy_stderr, open_event_log, trim_metrics
 
 METRICS = ("loss", "recon", "latent", "mse_db2", "kl_continuous", "kl_discrete", "perplexity", "log_var_mean")
 
@@ -122,8 +135,11 @@ def train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, res
           cpu: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train until ``cfg.train.steps`` (or ``stop_after`` more steps). Returns a summary dict.
 
-    Holds the lock of ``exp_dir`` throughout (:func:`experiment_lock`)."""
-    with experiment_lock(exp_dir):
+    Holds the lock of ``exp_dir`` throughout (:func:`experiment_lock`). A full disk while
+    writing a checkpoint, ``metrics.jsonl`` or the TensorBoard events raises
+    :class:`~sqvae_speech.errors.DiskFullError` naming the file and the newest complete
+    checkpoint; output to a full stderr is dropped (:func:`lossy_stderr`)."""
+    with lossy_stderr(), experiment_lock(exp_dir):
         return _train(cfg, feats_dir, exp_dir, resume, cpu, progress, stop_after)
 
 
@@ -191,12 +207,20 @@ def _train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, re
         print(f"[train] {len(loader.dataset)} items from {feats_dir}, device {accelerator.device}, "
               f"{accelerator.num_processes} process(es), mixed precision {tc.mixed_precision}, "
               f"from step {start_step} to {tc.steps}", file=sys.stderr)
-    writer = _tensorboard(exp_dir) if main else None
-
     end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
     step, epoch = start_step, 0
     avg, frames, t0 = _Averager(), 0, time.time()
     last_ckpt = latest
+
+    def log_stopped(e: DiskFullError) -> DiskFullError:
+        # the checkpoints share the disk: stop now, keeping the newest complete one
+        return DiskFullError(f"{e}; training stopped at step {step}: {resume_hint(last_ckpt)}",
+                             e.errno or errno.ENOSPC)
+
+    try:
+        writer = open_event_log(exp_dir, start_step) if main else None
+    except DiskFullError as e:
+        raise log_stopped(e) from e
     bar = _progress(main and progress, start_step, tc.steps)
 
     def checkpoint() -> Path | None:
@@ -247,7 +271,10 @@ def _train(cfg: ExperimentConfig, feats_dir: str | Path, exp_dir: str | Path, re
                               "frames_per_s": frames * accelerator.num_processes / max(elapsed, 1e-9)}
                     frames, t0 = 0, time.time()
                     if main:
-                        _log(exp_dir, writer, step, stats)
+                        try:
+                            log_metrics(exp_dir, writer, step, stats)
+                        except DiskFullError as e:
+                            raise log_stopped(e) from e
                         bar.set_postfix(loss=f"{stats['loss']:.1f}", mse=f"{stats['mse_db2']:.1f}",
                                         ppl=f"{stats['perplexity']:.0f}")
                 if step % tc.checkpoint_every == 0 and step < end_step:
@@ -281,24 +308,6 @@ def _check_finite(accelerator: Any, value: torch.Tensor, what: str, step: int, l
         )
 
 
-def _tensorboard(exp_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training alive without it
-        return None
-    return SummaryWriter(str(exp_dir / "tensorboard"))
-
-
-def _log(exp_dir: Path, writer: Any, step: int, stats: dict[str, float]) -> None:
-    with open(exp_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        # non-finite values (the VQ-VAE has no variance: NaN) become null to keep strict JSON
-        f.write(json.dumps({"step": step, **{k: round(v, 6) if math.isfinite(v) else None for k, v in stats.items()}}) + "\n")
-    if writer is not None:
-        for k, v in stats.items():
-            if math.isfinite(v):
-                writer.add_scalar(f"train/{k}", v, step)
-
-
 def _progress(enabled: bool, initial: int, total: int):
     from tqdm import tqdm
 
@@ -306,22 +315,4 @@ def _progress(enabled: bool, initial: int, total: int):
                 dynamic_ncols=True, mininterval=1.0)
 
 
-def trim_metrics(exp_dir: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (a killed run may have logged past its last
-    checkpoint, or before its first: ``step`` 0), and a torn last line."""
-    path = exp_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-
-    def logged_step(line: str) -> int | None:
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-            if (s := logged_step(ln)) is not None and s <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
-__all__ = ["build_loader", "experiment_lock", "resolve_config", "train"]
+__all__ = ["build_loader", "experiment_lock", "lossy_stderr", "resolve_config", "train", "trim_metrics"]

@@ -90,8 +90,9 @@ def test_corrupt_store(tmp_path: Path) -> None:
         FeatureStore.open(tmp_path / "fs")
 
 
-def test_interrupted_rewrite_leaves_an_incomplete_store(tmp_path: Path) -> None:
+def test_interrupted_rewrite_keeps_the_old_store(tmp_path: Path) -> None:
     write_featstore(tmp_path / "fs", _items(0), CFG)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fs").iterdir()}
 
     def dying():
         yield from _items(1)[:2]
@@ -99,10 +100,16 @@ def test_interrupted_rewrite_leaves_an_incomplete_store(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         write_featstore(tmp_path / "fs", dying(), CFG, num_frames=1000)
-    # The old index is gone (no mixing of old and new), and no temp file is left.
-    assert sorted(p.name for p in (tmp_path / "fs").iterdir()) == ["feats.npy"]
-    with pytest.raises(FeatureStoreError, match="incomplete"):
-        FeatureStore.open(tmp_path / "fs")
+    # The old store is untouched (the new files are swapped in only once complete), no temp file is left.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fs").iterdir()} == before
+    store = FeatureStore.open(tmp_path / "fs", verify="full")
+    for utt, _, feats in _items(0):
+        np.testing.assert_array_equal(store[utt], feats)
+    # A complete rewrite replaces it, and a removed side file goes with the swap.
+    (tmp_path / "fs" / "notes.txt").write_text("old\n")
+    new = write_featstore(tmp_path / "fs", _items(1), CFG, side_files={"notes.txt": None, "more.txt": "new\n"})
+    np.testing.assert_array_equal(new["s1-a"], {u: f for u, _, f in _items(1)}["s1-a"])
+    assert sorted(p.name for p in (tmp_path / "fs").iterdir()) == ["feats.npy", "index.json", "more.txt"]
 
 
 def test_bad_items_are_rejected(tmp_path: Path) -> None:

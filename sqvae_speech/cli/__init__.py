@@ -9,6 +9,7 @@ and exit 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -66,11 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except SQVAEError as e:
-        print(f"sqvae-speech {name}: error: {e}", file=sys.stderr)
+        _say(f"sqvae-speech {name}: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print(f"sqvae-speech {name}: interrupted", file=sys.stderr)
+        _say(f"sqvae-speech {name}: interrupted")
         return 130
+
+
+def _say(message: str) -> None:
+    """The error line on stderr; a stderr that cannot be written (a log file on a full
+    disk) leaves only the exit status, not a traceback in place of it."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..checkpoint import latest_checkpoint
 from ..locks import is_main_process
 from ..quantizers.registry import QUANTIZERS
-from ..train import experiment_lock, resolve_config, train, trim_metrics
+from ..train import experiment_lock, lossy_stderr, resolve_config, train, trim_metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
     if args.mixed_precision:
         overrides.append(f"train.mixed_precision={args.mixed_precision}")
     cfg = resolve_config(args.config, overrides, args.variant, args.feats)
-    with experiment_lock(args.exp):  # the trimming below writes EXP too; train() takes it again
+    # A full stderr (a log file on a full disk) drops output, it does not stop the run.
+    with lossy_stderr(), experiment_lock(args.exp):  # the trimming below writes EXP too; train() takes it again
         if args.resume and is_main_process():  # one rank rewrites metrics.jsonl, not all of them
             latest = latest_checkpoint(args.exp)
             trim_metrics(Path(args.exp), int(latest.stem.split("-")[1]) if latest is not None else 0)
         summary = train(cfg, args.feats, args.exp, resume=args.resume, cpu=args.cpu,
                         progress=not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1")
-    if summary["main"]:
-        print(f"[train] done: step {summary['step']}, checkpoint {summary['checkpoint']}", file=sys.stderr)
+        if summary["main"]:
+            print(f"[train] done: step {summary['step']}, checkpoint {summary['checkpoint']}", file=sys.stderr)
     return 0

@@ -22,6 +22,14 @@ One FEAT_DIR is written by one run at a time: a second run stops at once with
 A full disk stops the run with :class:`~sqvae_speech.errors.DiskFullError` (exit 2); the
 shards written so far are kept, so the rerun after freeing space only does the rest.
 
+``--overwrite`` keeps a complete store in FEAT_DIR readable until the new one is complete:
+nothing of it is removed before packing, which writes the new ``feats.npy`` and
+``index.json`` beside it and swaps them in by renames (:func:`write_featstore`; the two
+need room side by side). A rebuild that stopped (a full disk, a kill) is continued by the
+same command, ``--overwrite`` included: its shards are marked as a rebuild's in
+``plan.json`` and reused; without ``--overwrite`` the old store is kept and the partial
+rebuild discarded.
+
 Recordings longer than a minute are read and computed block by block
 (:mod:`sqvae_speech.data.longaudio`), and shards are written and packed a block at a time, so
 memory stays bounded whatever the length of a recording (a 3-hour file included).
@@ -119,7 +127,8 @@ def extract(
         batch_size: utterances per :func:`~sqvae_speech.data.features.logmel_batch` call
             (default :data:`CPU_BATCH_SIZE` / :data:`CUDA_BATCH_SIZE`); 0 uses the numpy
             reference :func:`~sqvae_speech.data.features.logmel` per utterance.
-        overwrite: rebuild an existing complete store.
+        overwrite: rebuild an existing complete store (kept readable until the new one is
+            complete); continues the shards of an earlier ``overwrite`` run that stopped.
         shard_size: utterances per shard (default :data:`SHARD_SIZE`); part of the resume plan.
         max_shards: compute at most this many missing shards, then stop without packing
             (a stand-in for a killed run in tests; ``complete`` is then False).
@@ -145,15 +154,16 @@ def extract(
     with dir_lock(feat_dir, "sqvae-speech extract"):
         if (feat_dir / INDEX).is_file() and not overwrite:
             return _existing(feat_dir, config, fingerprint, max_clipped, t0)
-        if overwrite:
-            for name in (INDEX, FAILED, CLIPPED):
-                (feat_dir / name).unlink(missing_ok=True)
+        # --overwrite removes nothing of a complete store: packing swaps the new one in.
+        kept = (f"; the complete store already in {feat_dir} is left as it was and stays readable until the "
+                "rebuild is complete (it is replaced only then, so the rebuild needs room for both; the same "
+                "command with --overwrite continues the rebuild)") if overwrite and (feat_dir / INDEX).is_file() else ""
 
         parts = feat_dir / PARTS
         shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
         plan = {"feature_config": config.to_dict(), "fingerprint": fingerprint, "shard_size": shard_size,
                 "num_shards": len(shards)} | ({} if max_clipped is None else {"max_clipped": max_clipped})
-        _prepare_parts(parts, plan, fresh=overwrite)
+        _prepare_parts(parts, plan, overwrite=overwrite)
         missing = [k for k in range(len(shards)) if not shard_path(parts, k).is_file()]
         done_utts = len(items) - sum(len(shards[k]) for k in missing)
         todo = missing if max_shards is None else missing[:max_shards]
@@ -161,8 +171,8 @@ def extract(
             computed = _run_shards(parts, shards, todo, config, nj, device, batch_size, progress, len(items),
                                    done_utts, max_clipped)
         except DiskFullError as e:
-            raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again",
-                                e.errno or errno.ENOSPC) from e
+            raise DiskFullError(f"{e}; the shards already written in {parts} are kept and will not be computed again"
+                                f"{kept}", e.errno or errno.ENOSPC) from e
 
         stats: dict[str, Any] = {
             "feat_dir": feat_dir, "computed_seconds": sum(r["seconds"] for r in computed),
@@ -177,7 +187,7 @@ def extract(
             store, failed, clipped, seconds = _pack(parts, feat_dir, len(shards), dd.utt2spk, config, fingerprint,
                                                     data_dir, {u: p for u, p, _, _ in items}, max_clipped)
         except DiskFullError as e:
-            raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them",
+            raise DiskFullError(f"{e}; all {len(shards)} shard(s) in {parts} are kept: the rerun only packs them{kept}",
                                 e.errno or errno.ENOSPC) from e
         return ExtractSummary(num_utterances=len(store), failed=failed, audio_seconds=seconds, clipped=clipped,
                               wall_seconds=time.perf_counter() - t0, complete=True, **stats)
@@ -234,20 +244,26 @@ def _existing(feat_dir: Path, config: FeatureConfig, fingerprint: str, max_clipp
     )
 
 
-def _prepare_parts(parts: Path, plan: dict[str, Any], fresh: bool) -> None:
+def _prepare_parts(parts: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    """Keep the shards in ``parts`` that belong to ``plan``, remove the others.
+
+    ``--overwrite`` starts afresh, except over the shards of an earlier ``--overwrite`` run
+    with the same plan (marked ``"overwrite": true`` in plan.json), which it continues; a
+    run without it continues any shards of the same plan."""
     plan_file = parts / "plan.json"
     if parts.is_dir():
         try:
             old = json.loads(plan_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = None
-        if fresh or old != plan:
+        same = isinstance(old, dict) and {k: v for k, v in old.items() if k != "overwrite"} == plan
+        if not same or (overwrite and old.get("overwrite") is not True):
             shutil.rmtree(parts)  # shards of other settings or data must never be packed
     parts.mkdir(parents=True, exist_ok=True)
     for stray in [*parts.glob(".tmp-*"), *parts.parent.glob(".tmp-*")]:
         stray.unlink(missing_ok=True)  # a killed writer's leftovers, never complete files
     if not plan_file.is_file():
-        atomic_write_json(plan_file, plan)
+        atomic_write_json(plan_file, plan | ({"overwrite": True} if overwrite else {}))
 
 
 # ------------------------------------------------------------------------------ workers
@@ -325,14 +341,14 @@ def _pack(
     fingerprint: str, data_dir: str | Path, paths: dict[str, str], max_clipped: float | None,
 ) -> tuple[FeatureStore, dict[str, str], dict[str, float], float]:
     failed, clipped, seconds, num_frames = shard_totals(parts, n)
-    for name, rows in ((FAILED, {u: failed[u] for u in sorted(failed)}),
-                       (CLIPPED, {u: f"{paths[u]}: {100 * clipped[u]:.3g} % of the samples at full scale"
-                                  for u in sorted(clipped)})):
-        if rows:
-            atomic_write_text(feat_dir / name, "".join(f"{u}\t{r}\n" for u, r in rows.items()))
-        else:
-            (feat_dir / name).unlink(missing_ok=True)
+    # failed.txt and clipped.txt are swapped in with the store (an old store keeps its own)
+    side_files = {name: "".join(f"{u}\t{r}\n" for u, r in rows.items()) if rows else None
+                  for name, rows in ((FAILED, {u: failed[u] for u in sorted(failed)}),
+                                     (CLIPPED, {u: f"{paths[u]}: {100 * clipped[u]:.3g} % of the samples at full scale"
+                                                for u in sorted(clipped)}))}
     if num_frames == 0:
+        if side_files[FAILED] is not None:
+            atomic_write_text(feat_dir / FAILED, side_files[FAILED])  # the reasons the message points to
         first = next(iter(sorted(failed.items())), ("-", "the data dir lists no utterances"))
         raise FeatureStoreError(
             f"no utterance of {data_dir} could be extracted: all {len(failed)} failed, reasons in "
@@ -348,6 +364,6 @@ def _pack(
         "data_dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint,
         "audio_seconds": seconds, "failed": failed, "clipped": clipped, "max_clipped": max_clipped,
     }}
-    store = write_featstore(feat_dir, blocks(), config, num_frames=num_frames, extra=extra)
+    store = write_featstore(feat_dir, blocks(), config, num_frames=num_frames, extra=extra, side_files=side_files)
     shutil.rmtree(parts, ignore_errors=True)
     return store, failed, clipped, seconds

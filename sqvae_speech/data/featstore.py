@@ -12,6 +12,12 @@ Frames are rows so an utterance is a contiguous slice; readers get it back as
 (n_mels, T). ``index.json`` is written last and atomically: its presence marks a
 complete store, so a killed writer never leaves something that looks finished.
 
+Rewriting a store (``extract --overwrite``) keeps the old one readable until the new one
+is complete: the new ``feats.npy`` and ``index.json`` are written in full beside it as
+temporary files, then swapped in by renames only (old index removed, new array renamed
+over the old one, new index renamed in), which need no space; a full disk or a kill
+before the swap leaves the old store as it was.
+
 Corruption. Each utterance's ``checksum`` is the CRC-32 (``zlib.crc32``) of its rows as
 stored in ``feats.npy`` (little-endian float32, frame after frame), computed while the
 store is written (extraction packs through :func:`write_featstore` too). Opening a store
@@ -45,7 +51,6 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import ConfigError, FeatureStoreError
-from ..fileio import atomic_path, atomic_write_json
 
 FORMAT = "sqvae-featstore"
 VERSION = 1
@@ -390,79 +395,7 @@ def config_diff(stored: FeatureConfig, expected: FeatureConfig) -> str:
     return "; ".join(f"{k}: store {a.get(k)!r}, expected {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
-def write_featstore(
-    feat_dir: str | os.PathLike,
-    items: Iterable[tuple[str, str, np.ndarray | Iterable[np.ndarray]]],
-    config: FeatureConfig,
-    num_frames: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> FeatureStore:
-    """Write a store from ``(utt, speaker, feats)`` items, ``feats`` being ``[n_mels, T]``
-    or, for an utterance too long to hold at once, an iterable of consecutive
-    ``[n_mels, T_i]`` blocks (then ``num_frames`` must be given).
+# The writer lives in its own module; importing it here keeps ``featstore.write_featstore``.
+from .featstore_write import write_featstore
 
-    Blocks are packed in the order given (streamed items) or sorted by utterance id
-    (when ``num_frames`` is None and the items are collected first); readers only
-    rely on the index, but sorted packing keeps a data set's reads local.
-
-    ``num_frames`` (the sum of T) lets items stream without being held in memory: the
-    array is written front to back with plain writes (no memory map), so memory stays at
-    one block whatever the store's size, and a full disk is an error (ENOSPC), not a
-    SIGBUS. ``extra`` adds keys to index.json. Any existing index.json is removed first, so
-    an interrupted rewrite leaves an incomplete store, never a mixed one.
-
-    Each utterance's CRC-32 is computed over the bytes as they are written (one pass over
-    data already in memory, ~0.1 s per 320 MB) and recorded in its index entry.
-    """
-    feat_dir = Path(feat_dir)
-    n_mels = config.n_mels
-    if num_frames is None:
-        items = sorted(items, key=lambda item: item[0])
-        if any(not isinstance(f, np.ndarray) for _, _, f in items):
-            raise ValueError("write_featstore: items given as blocks need num_frames")
-        num_frames = sum(_rows(f).shape[0] for _, _, f in items)
-    feat_dir.mkdir(parents=True, exist_ok=True)
-    (feat_dir / INDEX).unlink(missing_ok=True)
-    utterances: dict[str, dict[str, Any]] = {}
-    with atomic_path(feat_dir / FEATS, suffix=".npy") as tmp, open(tmp, "wb") as out:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-                  "shape": (int(num_frames), n_mels)}
-        np.lib.format.write_array_header_1_0(out, header)
-        offset = 0
-        for utt, spk, feats in items:
-            if utt in utterances:
-                raise ValueError(f"utterance '{utt}' written twice to the feature store")
-            frames, crc = 0, 0
-            for block in [feats] if isinstance(feats, np.ndarray) else feats:
-                rows = _rows(block)
-                if rows.ndim != 2 or rows.shape[1] != n_mels:
-                    raise ValueError(f"features of '{utt}' have shape {np.shape(block)}, expected ({n_mels}, T>0)")
-                if offset + frames + rows.shape[0] > num_frames:
-                    raise ValueError(f"more frames than num_frames={num_frames} at '{utt}'")
-                data = np.ascontiguousarray(rows, dtype="<f4").data
-                out.write(data)
-                crc = zlib.crc32(data, crc)
-                frames += rows.shape[0]
-            if frames == 0:
-                raise ValueError(f"features of '{utt}' have no frames, expected ({n_mels}, T>0)")
-            utterances[utt] = {"offset": offset, "frames": frames, "speaker": spk, "checksum": crc}
-            offset += frames
-        if offset != num_frames:
-            raise ValueError(f"items hold {offset} frames, num_frames said {num_frames}")
-    index = {
-        "format": FORMAT,
-        "version": VERSION,
-        "feature_config": config.to_dict(),
-        "n_mels": n_mels,
-        "num_frames": int(num_frames),
-        "checksum": CHECKSUM,
-        "utterances": dict(sorted(utterances.items())),
-    }
-    index.update(extra or {})
-    atomic_write_json(feat_dir / INDEX, index)
-    return FeatureStore.open(feat_dir)
-
-
-def _rows(feats: np.ndarray) -> np.ndarray:
-    # A [n_mels, T] view of row-major [T, n_mels] data transposes back without a copy.
-    return np.asarray(feats, dtype=np.float32).T
+__all__ = ["DamagedStoreError", "FeatureStore", "config_diff", "write_featstore"]

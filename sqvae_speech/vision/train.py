@@ -37,7 +37,7 @@ from ..checkpoint import (
 )
 from ..config import config_diff, dump_yaml
 from ..errors import CheckpointError, ConfigError, NonFiniteError
-from ..fileio import atomic_torch_save, atomic_write_text
+from ..fileio import append_bytes, atomic_torch_save, atomic_write_text
 from .config import VisionConfig, upgrade_vision_config
 from .datasets import load_splits
 from .models import VisionLoss, VisionSQVAE, describe
@@ -119,16 +119,26 @@ def validate(model: VisionSQVAE, ds: Dataset, batch_size: int, device: torch.dev
 
 
 def _log(exp_dir: Path, record: dict[str, Any]) -> None:
-    with open(exp_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
-                            for k, v in record.items()}) + "\n")
+    # one append: a full disk cuts the partial line off again and raises DiskFullError
+    line = json.dumps({k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
+                       for k, v in record.items()})
+    append_bytes(exp_dir / "metrics.jsonl", (line + "\n").encode("utf-8"))
 
 
 def _trim_metrics(exp_dir: Path, step: int) -> None:
-    """Drop lines logged after ``step``: a killed run may have logged past its last checkpoint."""
+    """Drop lines logged after ``step`` (a killed run may have logged past its last
+    checkpoint) and a torn line (a run killed while appending)."""
     path = exp_dir / "metrics.jsonl"
+
+    def logged_step(line: str) -> int | None:
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
     if path.is_file():
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                if (s := logged_step(ln)) is not None and s <= step]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 

@@ -4,7 +4,7 @@
 :func:`install` replaces ``open`` in one module of the package (every writer of the
 package opens its files with the builtin ``open``: checkpoints and JSON/text in
 ``sqvae_speech.fileio``, feature shards in ``sqvae_speech.data.shards``, the packed store in
-``sqvae_speech.data.featstore``, export files in ``sqvae_speech.zerospeech.export``), so the fault hits
+``sqvae_speech.data.featstore_write``, export files in ``sqvae_speech.zerospeech.export``), so the fault hits
 the n-th file whose name contains a given string, part-way through its writing, exactly
 where a real full disk or a real kill would.
 

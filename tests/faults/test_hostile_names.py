@@ -168,7 +168,7 @@ def _report(tmp: Path) -> tuple[Path, dict]:
                      "conversion": conversion if n == 1 else None})
     report = {"experiments": rows, "seconds": 1.0, "resynthesis_utterances": [TRAVERSAL, AMP],
               "options": {"data": str(tmp / SCRIPT.replace("/", "")), "feats": ATTR, "vocoders": ["world"]},
-              "resynthesis": [{"system": f"{name} -> world", "model": name, "vocoder": "world", "utterances": 2,
+              "resynthesis": [{"system": f"{name} through world", "model": name, "vocoder": "world", "utterances": 2,
                                "mean": {"mcd_db": 5.0}, "per_utterance": {}} for name in names]}
     out = tmp / "report"
     write_report(out, report)

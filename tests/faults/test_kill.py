@@ -187,7 +187,7 @@ def test_extraction_killed_mid_shard_redoes_only_missing_shards(clips_and_refere
 def test_extraction_killed_while_packing_only_packs_on_rerun(clips_and_reference, tmp_path):
     data, ref = clips_and_reference
     feats = tmp_path / "feats"
-    fault = spec("sqvae_speech.data.featstore", "feats.npy", 1, random.Random(11).randint(1, 400_000), "kill")
+    fault = spec("sqvae_speech.data.featstore_write", "feats.npy", 1, random.Random(11).randint(1, 400_000), "kill")
     res = run_driver("extract", data, feats, "--no-progress", faults=fault, test_set="sqvae_speech.data.extract:SHARD_SIZE=3")
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert not (feats / "index.json").exists() and len(_shards(feats)) == 5

@@ -65,6 +65,7 @@ def test_resume_equals_an_uninterrupted_run(vision_env: Path, tmp_path: Path) ->
     train(resolve_config(None, [*base, "train.max_steps=6"], variant="vqvae_ema"), split, progress=False)
     with open(split / "metrics.jsonl", "a") as f:  # as if a killed run had logged past its checkpoint
         f.write(json.dumps({"step": 9, "split": "train", "loss": 0.0}) + "\n")
+        f.write('{"step": 10, "split": "tr')  # and been killed part-way through a line
     train(resolve_config(None, [*base, "train.max_steps=14"], variant="vqvae_ema"), split, resume=True, progress=False)
     steps = [r["step"] for r in records(split, "train") + records(split, "val")]
     assert sorted(steps) == [6, 10, 14]  # validations at 6 (stop), 10 (epoch end), 14; step 9 trimmed
