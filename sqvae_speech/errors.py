@@ -57,6 +57,15 @@ class LockedError(SQVAEError):
     """
 
 
+class WorkerDiedError(SQVAEError):
+    """A worker process of a parallel run died (SIGKILL, the out-of-memory killer).
+
+    Raised by :func:`sqvae_speech.data.extract.extract` with ``nj > 1`` instead of
+    :class:`concurrent.futures.process.BrokenProcessPool`; what was written is kept and the
+    same command continues the run.
+    """
+
+
 class DiskFullError(SQVAEError, OSError):
     """A file could not be written because its file system is full (ENOSPC) or over quota.
 

@@ -36,6 +36,10 @@ memory stays bounded whatever the length of a recording (a 3-hour file included)
 
 Workers start with multiprocessing's forkserver (spawn where there is none), so a script
 calling :func:`extract` with ``nj > 1`` needs the usual ``if __name__ == "__main__":``.
+A worker that dies (SIGKILL, the out-of-memory killer) stops the run with
+:class:`~sqvae_speech.errors.WorkerDiedError` (exit 2) instead of a traceback; the shards
+written so far are kept. A worker whose extract process is gone (SIGKILLed) exits at once
+rather than computing on, orphaned, and writing shards beside the rerun.
 """
 
 from __future__ import annotations
@@ -45,17 +49,21 @@ import errno
 import hashlib
 import json
 import multiprocessing
+import os
+import select
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import FeatureConfig
-from ..errors import ConfigError, DiskFullError, FeatureStoreError
+from ..errors import ConfigError, DiskFullError, FeatureStoreError, WorkerDiedError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..locks import dir_lock
 from .datadir import read_datadir, utterance_audio
@@ -269,12 +277,46 @@ def _prepare_parts(parts: Path, plan: dict[str, Any], overwrite: bool) -> None:
 # ------------------------------------------------------------------------------ workers
 
 
-def _init_worker(use_torch: bool) -> None:
+def _init_worker(use_torch: bool, main_pid: int) -> None:
+    _exit_with(main_pid)
     if use_torch:
         import torch
 
         # nj processes share the cores; intra-op threads on top would oversubscribe them.
         torch.set_num_threads(1)
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker as soon as process ``pid`` (the extract run) is gone.
+
+    A SIGKILLed run leaves its forkserver and workers alive: blocked on the task queue
+    forever, and the busy ones first finish their shard, writing it while the rerun works
+    in the same ``.parts``. A daemon thread waits on a pidfd of the run (polls its pid
+    where there is no pidfd) and ends the process; a half-written ``.tmp-*`` shard it
+    leaves is removed by the rerun."""
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has exited
+        else:
+            while True:
+                time.sleep(0.2)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-extract", daemon=True).start()
+
 
 def _run_shards(
     parts: Path, shards: list[list[Item]], todo: list[int], config: FeatureConfig, nj: int,
@@ -306,14 +348,22 @@ def _run_shards(
             return results
         use_torch = batch_size > 0  # the batched torch path (CUDA); 0 = numpy logmel, no torch
         pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(use_torch),
-                                   initializer=_init_worker, initargs=(use_torch,))
+                                   initializer=_init_worker, initargs=(use_torch, os.getpid()))
         try:
             futures = {pool.submit(compute_shard, *jobs[k]): k for k in todo}
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    results.append(fut.result())  # a worker's bug propagates with its traceback
+                    try:
+                        results.append(fut.result())  # a worker's bug propagates with its traceback
+                    except BrokenProcessPool as e:
+                        done = sum(shard_path(parts, k).is_file() for k in range(len(shards)))
+                        raise WorkerDiedError(
+                            f"a worker process died while computing feature shards (killed by a signal, e.g. "
+                            f"SIGKILL or the out-of-memory killer; {e}); the {done} of {len(shards)} shard(s) "
+                            f"written in {parts} are kept: rerun the same command to compute only the rest"
+                        ) from e
                     bar.update(len(shards[futures[fut]]))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
