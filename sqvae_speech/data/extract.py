@@ -50,9 +50,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-import select
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -69,6 +67,7 @@ from ..locks import dir_lock
 from .datadir import read_datadir, utterance_audio
 from .featstore import INDEX, FeatureStore, config_diff, write_featstore
 from .shards import Item, compute_shard, read_shards, shard_path, shard_totals
+from .workers import init_worker
 
 # Utterances per shard: small enough that a killed run loses little and the last shards
 # balance across workers, large enough that the per-shard file costs nothing.
@@ -277,47 +276,6 @@ def _prepare_parts(parts: Path, plan: dict[str, Any], overwrite: bool) -> None:
 # ------------------------------------------------------------------------------ workers
 
 
-def _init_worker(use_torch: bool, main_pid: int) -> None:
-    _exit_with(main_pid)
-    if use_torch:
-        import torch
-
-        # nj processes share the cores; intra-op threads on top would oversubscribe them.
-        torch.set_num_threads(1)
-
-
-def _exit_with(pid: int) -> None:
-    """End this worker as soon as process ``pid`` (the extract run) is gone.
-
-    A SIGKILLed run leaves its forkserver and workers alive: blocked on the task queue
-    forever, and the busy ones first finish their shard, writing it while the rerun works
-    in the same ``.parts``. A daemon thread waits on a pidfd of the run (polls its pid
-    where there is no pidfd) and ends the process; a half-written ``.tmp-*`` shard it
-    leaves is removed by the rerun."""
-    try:
-        fd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(1)
-    except (AttributeError, OSError):
-        fd = None
-
-    def watch() -> None:
-        if fd is not None:
-            select.select([fd], [], [])  # readable once the process has exited
-        else:
-            while True:
-                time.sleep(0.2)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-extract", daemon=True).start()
-
-
 def _run_shards(
     parts: Path, shards: list[list[Item]], todo: list[int], config: FeatureConfig, nj: int,
     device: str, batch_size: int, progress: bool, total: int, initial: int, max_clipped: float | None,
@@ -348,7 +306,7 @@ def _run_shards(
             return results
         use_torch = batch_size > 0  # the batched torch path (CUDA); 0 = numpy logmel, no torch
         pool = ProcessPoolExecutor(max_workers=min(nj, len(todo)), mp_context=_mp_context(use_torch),
-                                   initializer=_init_worker, initargs=(use_torch, os.getpid()))
+                                   initializer=init_worker, initargs=(use_torch, os.getpid()))
         try:
             futures = {pool.submit(compute_shard, *jobs[k]): k for k in todo}
             remaining = set(futures)

@@ -28,6 +28,15 @@ def clip_data_dir(out: Path, speech_files: dict[str, list[Path]], per_voice: int
     return out
 
 
+def add_missing_file(data: Path, root: Path) -> None:
+    """Append utterance ``zz-gone`` (speaker ``zz``), whose audio file does not exist, to the
+    data dir ``data`` (its spk2utt removed: extract derives it)."""
+    for name in ("wav.scp", "utt2spk"):
+        extra = "zz-gone " + (str(root / "gone.wav") if name == "wav.scp" else "zz")
+        (data / name).write_text((data / name).read_text() + extra + "\n")
+    (data / "spk2utt").unlink()
+
+
 def write_train_config(path: Path, cfg: ExperimentConfig) -> Path:
     """The config as YAML without its ``features`` section (train takes those from the store)."""
     data = yaml.safe_load(dump_yaml(cfg))

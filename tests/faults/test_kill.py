@@ -29,6 +29,7 @@ from sqvae_speech.zerospeech.export import export_features, read_export_meta
 
 from .faultlib import spec
 from .helpers import (
+    add_missing_file,
     clip_data_dir,
     driver_command,
     driver_env,
@@ -136,10 +137,7 @@ def clips_and_reference(speech_files, tmp_path_factory) -> tuple[Path, FeatureSt
     """A data dir of 12 real clips plus a missing file, and its store from an uninterrupted run."""
     root = tmp_path_factory.mktemp("kill_extract")
     data = clip_data_dir(root / "data", speech_files, per_voice=3)
-    for name in ("wav.scp", "utt2spk"):
-        extra = "zz-gone " + (str(root / "gone.wav") if name == "wav.scp" else "zz")
-        (data / name).write_text((data / name).read_text() + extra + "\n")
-    (data / "spk2utt").unlink()
+    add_missing_file(data, root)
     ref = extract(data, root / "reference", shard_size=3, progress=False)
     assert ref.complete and list(ref.failed) == ["zz-gone"] and ref.num_shards == 5
     return data, FeatureStore.open(root / "reference")

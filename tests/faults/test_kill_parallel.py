@@ -25,7 +25,13 @@ from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import FeatureStoreError
 
 from .faultlib import spec
-from .helpers import clip_data_dir, driver_command, driver_env, run_driver
+from .helpers import (
+    add_missing_file,
+    clip_data_dir,
+    driver_command,
+    driver_env,
+    run_driver,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 
@@ -38,10 +44,7 @@ def clips_and_reference(speech_files, tmp_path_factory) -> tuple[Path, Path]:
     """A data dir of 32 real clips plus a missing file, and its store from an unkilled ``--nj 2`` run."""
     root = tmp_path_factory.mktemp("kill_parallel")
     data = clip_data_dir(root / "data", speech_files, per_voice=8)
-    for name in ("wav.scp", "utt2spk"):
-        extra = "zz-gone " + (str(root / "gone.wav") if name == "wav.scp" else "zz")
-        (data / name).write_text((data / name).read_text() + extra + "\n")
-    (data / "spk2utt").unlink()
+    add_missing_file(data, root)
     res = run_driver("extract", data, root / "reference", "--nj", "2", "--skip-bad", "--no-progress",
                      test_set=ONE_PER_SHARD)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -109,7 +112,9 @@ def test_parallel_extraction_killed_at_random_moments_reruns_to_the_same_store(c
     rng = random.Random(8100 + nj)
     kept: dict[str, bytes] = {}
     for victim in ("worker", "parent", "worker", "parent"):
-        target = len(kept) + rng.randint(1, 4)  # shards on disk before the kill
+        # shards on disk before the kill: at most 12 of the 33, so that the run is still busy
+        # when the kill lands (4 workers finish a shard every ~15 ms between two polls)
+        target = min(len(kept) + rng.randint(1, 4), 12)
         err = tmp_path / "stderr.txt"
         with open(err, "w") as f:
             proc = subprocess.Popen(driver_command(*args), env=driver_env(test_set=ONE_PER_SHARD), stderr=f,
@@ -126,7 +131,9 @@ def test_parallel_extraction_killed_at_random_moments_reruns_to_the_same_store(c
         time.sleep(rng.uniform(0.0, 0.05))
         tree = _descendants(proc.pid)
         if victim == "worker":
-            os.kill(rng.choice(sorted(p for p, pp in tree.items() if pp != proc.pid)), signal.SIGKILL)
+            workers = sorted(p for p, pp in tree.items() if pp != proc.pid)
+            assert workers, f"the run's workers were gone before the kill ({len(_shards(feats))} shards on disk)"
+            os.kill(rng.choice(workers), signal.SIGKILL)
             try:
                 rc = proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
