@@ -318,3 +318,13 @@ def test_cli_on_a_feature_store_and_on_text_files(tmp_path, capsys):
     text = table.read_text()
     assert "| log-mel | feature store" in text and "| again |" in text and text.rstrip().endswith("a note")
     assert "| 0.00 | 0.00 |" in text
+
+
+def test_hostile_labels_stay_text_in_the_abx_table():
+    from sqvae_speech.zerospeech.abx.pipeline import markdown_table as abx_table
+
+    r = {"distance": "angular", "normalize": True, "item_file": "abx.item", "items": 3, "speakers": 2, "phones": 2,
+         "source": "dir <b>|x", "within": {"error": 1.0}, "across": {"error": 2.0}}
+    row = abx_table({"<script>alert(1)</script>": r}).splitlines()[4]
+    assert "<script>" not in row and "&lt;script&gt;alert(1)&lt;/script&gt;" in row and "&lt;b&gt;\\|x" in row
+    assert row.endswith("| 1.00 | 2.00 |")

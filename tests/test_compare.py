@@ -85,3 +85,12 @@ def test_results_without_a_bitrate_show_n_a(tmp_path):
     del r["bitrate"]
     (Path(d) / "results.json").write_text(json.dumps(r))
     assert markdown_table(load_results([d])).splitlines()[2].endswith("| n/a |")
+
+
+def test_hostile_run_names_stay_text_in_the_table(tmp_path):
+    """A run dir named with markup, a table bar or a link is shown as text, in its own cell."""
+    d = _exp(tmp_path, "<img src=x onerror=alert(1)>|[x](javascript:y)", "gaussian_4", 0, 70.0, 10.0, 12)
+    row = markdown_table(load_results([d])).splitlines()[2]
+    assert "<img" not in row and "&lt;img src=x onerror=alert(1)&gt;" in row
+    assert "\\|" in row and "\\[x\\](javascript:y)" in row
+    assert row.replace("\\|", "").count("|") == 8  # 7 cells, none split by the name

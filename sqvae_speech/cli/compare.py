@@ -20,7 +20,7 @@ import numpy as np
 from ..config import load_yaml
 from ..errors import SQVAEError
 from ..fileio import atomic_path, atomic_write_text
-from ..textsafe import mpl_text
+from ..textsafe import md_text, mpl_text
 
 
 def load_results(exp_dirs: list[str]) -> list[dict]:
@@ -135,7 +135,7 @@ def markdown_table(rows: list[dict]) -> str:
                  for m, fmt in (("mse_db2", ".2f"), ("set_perplexity", ".1f"), ("used_codes", ".0f"))]
         codes = f"{cells[2]} / {g.num_codes}" if g.num_codes else "n/a (continuous)"
         rate = _cell(*g.stats["bitrate"], n, ".1f", False, False)
-        lines.append(f"| {g.name} | {where} | {g.step} | {cells[0]} | {cells[1]} | {codes} | {rate} |")
+        lines.append(f"| {md_text(g.name)} | {md_text(where)} | {g.step} | {cells[0]} | {cells[1]} | {codes} | {rate} |")
     notes = []
     if any(len(g.exps) > 1 for g in groups):
         notes.append("mean +- sample standard deviation over seeds; **bold**: best mean; ~: interval overlaps the "
@@ -143,7 +143,7 @@ def markdown_table(rows: list[dict]) -> str:
     for g in groups:
         used = g.stats["used_codes"][0]
         if g.num_codes and used <= COLLAPSED * g.num_codes:
-            notes.append(f"{g.name}: codebook collapse, {used:.0f} of {g.num_codes} codes used on this set; its error "
+            notes.append(f"{md_text(g.name)}: codebook collapse, {used:.0f} of {g.num_codes} codes used on this set; its error "
                          "is that of a much smaller codebook, not of a working quantizer of this size")
     return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 

@@ -12,6 +12,7 @@ import torch
 
 from ...errors import SQVAEError
 from ...fileio import atomic_write_json
+from ...textsafe import md_text
 from .frames import Frames
 from .items import ItemSet, read_items
 from .pairs import pair_distances
@@ -74,7 +75,8 @@ def markdown_table(results: dict[str, dict[str, Any]], note: str | None = None) 
              f"({first['items']} items, {first['speakers']} speakers, {first['phones']} phones)")
     lines = [title, "",
              "| features | source | within speaker | across speaker |", "|---|---|---:|---:|"]
-    lines += [f"| {label} | {r['source']} | {cell(r, 'within')} | {cell(r, 'across')} |" for label, r in results.items()]
+    lines += [f"| {md_text(label)} | {md_text(r['source'])} | {cell(r, 'within')} | {cell(r, 'across')} |"
+              for label, r in results.items()]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
