@@ -1,5 +1,7 @@
-"""Set-up of the worker processes of ``extract --nj N``: each ends as soon as the run that
-started it is gone, so a SIGKILLed run leaves no orphan writing shards beside its rerun."""
+"""Worker processes: the context every worker pool of the package starts from
+(:func:`worker_context`), and the set-up of ``extract --nj N``'s workers, each of which
+ends as soon as the run that started it is gone, so a SIGKILLed run leaves no orphan
+writing shards beside its rerun."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import select
 import threading
 import time
+from typing import Any
 
 
 def init_worker(use_torch: bool, main_pid: int) -> None:
@@ -50,3 +53,13 @@ def exit_with(pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-extract", daemon=True).start()
+
+
+def worker_context() -> Any:
+    """The multiprocessing context for worker pools of a process that may hold torch
+    threads: forkserver where there is one (a fork would copy those threads' locks), spawn
+    elsewhere."""
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                       else "spawn")

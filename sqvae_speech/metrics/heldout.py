@@ -130,11 +130,11 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], nj: int) -> Any:
     if nj <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=min(nj, len(jobs)), mp_context=ctx) as pool:
+    from ..data.workers import worker_context
+
+    with ProcessPoolExecutor(max_workers=min(nj, len(jobs)), mp_context=worker_context()) as pool:
         yield from pool.map(fn, jobs)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -295,8 +294,9 @@ def compute_f0_stats(
         results = map(_utterance_log_f0, jobs)
         pool = None
     else:
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(max_workers=nj, mp_context=ctx)
+        from ..data.workers import worker_context
+
+        pool = ProcessPoolExecutor(max_workers=nj, mp_context=worker_context())
         results = pool.map(_utterance_log_f0, jobs, chunksize=8)
     try:
         for utt, log_f0, n, error in results:
