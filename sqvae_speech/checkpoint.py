@@ -191,6 +191,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ExperimentConfig:
+    if ckpt.get("kind") == "vocoder":
+        raise CheckpointError(f"{path} is a checkpoint of the neural vocoder (`train-vocoder`), not of an SQ-VAE: "
+                              "pass it as --vocoder-model, and the SQ-VAE experiment or model file as --exp / --model")
     try:
         data = upgrade_config(ckpt["config"], int(ckpt.get("version", 1)))
         return ExperimentConfig.from_dict(data, where=str(path))

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("sqvae_speech.cli.compare", "table of results.json files (RESULTS.md)"),
     "f0-stats": ("sqvae_speech.cli.f0_stats", "per-speaker log-F0 statistics for voice conversion"),
     "convert": ("sqvae_speech.cli.convert", "resynthesize / convert voices with a vocoder"),
+    "train-vocoder": ("sqvae_speech.cli.train_vocoder", "train the neural vocoder (log-mel + F0 -> speech) on a recipe's audio"),
     "vocoder-check": ("sqvae_speech.cli.vocoder_check", "vocoder round-trip and conversion F0 report"),
     "export": ("sqvae_speech.cli.export", "export codes / features (ZeroSpeech 2019 layout, .npy)"),
     "encode": ("sqvae_speech.cli.encode", "units / features of any audio files with a trained model"),

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.signal
@@ -55,7 +55,7 @@ from ..config import FeatureConfig
 from ..errors import SQVAEError
 from .f0 import F0_CEIL, F0_FLOOR, extract_f0
 
-VOCODERS = ("griffinlim", "world")
+VOCODERS = ("griffinlim", "world", "neural")
 PEAK = 0.99
 # Frequency smoothing width of the envelope in unvoiced frames (no F0 to follow).
 UNVOICED_SMOOTH_HZ = 100.0
@@ -274,5 +274,41 @@ def world(
         y = pyworld.synthesize(f0, np.ascontiguousarray(env), np.ascontiguousarray(ana.ap), cfg.sample_rate, period)
         n = (n_frames - 1) * cfg.hop_length
         y = np.pad(y[:n], (0, max(0, n - y.size)))
+        out.append(peak_limit(deemphasis(y, cfg.preemph)))
+    return out
+
+
+# ----------------------------------------------------------------------------- neural
+
+
+def neural(
+    mels: Sequence[np.ndarray],
+    f0s: Sequence[np.ndarray],
+    model: Any,
+    config: FeatureConfig | None = None,
+    offset: int = 0,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """The trained neural vocoder (:mod:`.neural`): mels ``[n_mels, T_i]`` + F0 ``[A_i]`` -> float32 ``[(A_i - 1) * hop]``.
+
+    Like :func:`world`, each mel is placed on its F0 track's ``A_i`` frames with
+    :func:`align_frames` at ``offset`` (1 for decoder outputs), so the pitch can come from
+    the source audio (converted to a target speaker) while the spectrum comes from the model.
+    ``model``: a :class:`~sqvae_speech.synthesis.neural.NeuralVocoder` whose feature
+    settings must equal ``config``.
+    """
+    from .neural import synthesize
+
+    cfg = config or _DEFAULT
+    if model.features != cfg:
+        raise SQVAEError("the neural vocoder was trained on other feature settings than these features; "
+                         "train one on this recipe's features (`sqvae-speech train-vocoder`)")
+    if len(f0s) != len(mels):
+        raise SQVAEError(f"neural: {len(mels)} mels but {len(f0s)} F0 tracks")
+    out = []
+    for mel, f0 in zip(mels, f0s):
+        f0 = np.asarray(f0, dtype=np.float64)
+        f0 = np.where(np.isfinite(f0) & (f0 > 0), f0, 0.0)
+        y = synthesize(model, align_frames(mel, f0.size, offset), f0, seed)
         out.append(peak_limit(deemphasis(y, cfg.preemph)))
     return out

@@ -1,0 +1,366 @@
+"""``sqvae-speech train-vocoder``: train the neural vocoder (:mod:`.neural`) on a recipe's own
+audio and features.
+
+Data: ``utts_per_speaker`` evenly spaced utterances per speaker of the data dir (all with
+0), their log-mels from the feature store (the same frames the SQ-VAE sees) and their F0
+(WORLD Harvest at the feature hop, as conversion uses; computed once with ``--nj``
+workers and cached in ``EXP/f0.npz``). Each step takes ``batch_size`` random windows of
+``segment_frames`` frames and the matching ``(segment_frames - 1) * hop`` samples of the
+pre-emphasized, peak-normalized recording.
+
+Resumable like ``train``: checkpoints every ``checkpoint_every`` steps under
+``EXP/checkpoints`` (model, optimizer, scheduler), ``--resume`` continues from the newest.
+The windows and the noise of step ``s`` are drawn from generators seeded with
+``(seed, s, rank)``, so a run killed and resumed sees the same batches as one that was
+never stopped. At the end ``EXP/vocoder.pt`` is written: weights, configs and step, for
+``--vocoder neural --vocoder-model EXP/vocoder.pt``. accelerate provides the device, DDP
+and mixed precision (``accelerate launch -m sqvae_speech.cli train-vocoder ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import (
+    latest_checkpoint,
+    load_scheduler_state,
+    resume_hint,
+    save_checkpoint,
+    scheduler_state,
+)
+from ..config import ConfigBase, ConfigError, FeatureConfig, _check, apply_overrides, dump_yaml, load_yaml
+from ..errors import CheckpointError, DiskFullError, SQVAEError
+from ..fileio import atomic_path, atomic_write_text
+from ..locks import dir_lock, is_main_process
+from ..trainlog import log_metrics, lossy_stderr, open_event_log, trim_metrics
+from .neural import MultiResolutionSTFTLoss, NeuralVocoder, NeuralVocoderConfig, excitation, save_vocoder
+
+KIND = "vocoder"  # checkpoints carry kind="vocoder"; the SQ-VAE loaders refuse them by it
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderTrainConfig(ConfigBase):
+    """Training settings (YAML section ``train``)."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    segment_frames: int = 100  # 1 s windows
+    lr: float = 1.0e-3
+    milestones: tuple[int, ...] = ()  # steps where the learning rate is multiplied by gamma
+    gamma: float = 0.5
+    grad_clip: float = 10.0
+    seed: int = 0
+    utts_per_speaker: int = 50  # evenly spaced training utterances per speaker; 0: all
+    f0_method: str = "harvest"
+    mixed_precision: str = "no"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+
+    def validate(self) -> None:
+        _check(self.steps > 0 and self.batch_size > 0, "train.steps and train.batch_size must be positive")
+        _check(self.segment_frames >= 8, "train.segment_frames must be at least 8")
+        _check(self.lr > 0 and self.grad_clip > 0, "train.lr and train.grad_clip must be positive")
+        _check(self.utts_per_speaker >= 0, "train.utts_per_speaker must be >= 0")
+        _check(self.f0_method in ("harvest", "dio"), "train.f0_method must be harvest or dio")
+        _check(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16")
+        _check(self.checkpoint_every > 0 and self.keep_checkpoints > 0 and self.log_every > 0,
+               "train.checkpoint_every, keep_checkpoints and log_every must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderExperimentConfig(ConfigBase):
+    vocoder: NeuralVocoderConfig = dataclasses.field(default_factory=NeuralVocoderConfig)
+    train: VocoderTrainConfig = dataclasses.field(default_factory=VocoderTrainConfig)
+
+    def validate(self) -> None:
+        self.vocoder.validate()
+        self.train.validate()
+
+
+def resolve_vocoder_config(path: str | None, overrides: Sequence[str] = ()) -> VocoderExperimentConfig:
+    """YAML (sections ``vocoder`` and ``train``) plus ``section.key=value`` overrides."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides))
+    cfg = VocoderExperimentConfig.from_dict(data, where=path or "")
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Clip:
+    """One training utterance: pre-emphasized audio ``[N]``, log-mel ``[n_mels, T]``, F0 and pulses."""
+
+    utt: str
+    audio: np.ndarray  # [(T - 1) * hop] float32
+    mel: np.ndarray  # [n_mels, T] float32
+    f0: np.ndarray  # [T] float32 Hz
+    pulses: np.ndarray  # [(T - 1) * hop] float32
+
+
+def _f0_job(job: tuple[str, str, float | None, float | None, dict[str, Any], str]) -> tuple[str, np.ndarray | None, str]:
+    from ..data.audio import load_audio
+    from ..errors import AudioError
+    from .f0 import extract_f0
+
+    utt, path, start, end, config, method = job
+    cfg = FeatureConfig.from_dict(config)
+    try:
+        wav = load_audio(path, cfg.sample_rate, start, end)
+    except AudioError as e:
+        return utt, None, str(e)
+    return utt, extract_f0(wav, cfg, method).astype(np.float32), ""
+
+
+def _read_f0_cache(path: Path, utts: list[str], method: str) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["method"]) != method or list(z["utts"]) != utts:
+                return None
+            offsets, values = z["offsets"], z["f0"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # damaged (truncated: BadZipFile; empty: EOFError) or foreign: recomputed and rewritten
+    return {u: values[offsets[i]: offsets[i + 1]] for i, u in enumerate(utts)}
+
+
+def _tick(results: Any, bar: Any) -> Any:
+    for r in results:
+        bar.update(1)
+        yield r
+
+
+def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConfig, cache: Path | None,
+               nj: int = 1, progress: bool = True) -> tuple[list[Clip], FeatureConfig]:
+    """The training utterances with their audio, features and F0 (F0 cached in ``cache``)."""
+    from tqdm import tqdm
+
+    from ..data.audio import load_audio, peak_normalize, preemphasis
+    from ..data.datadir import read_datadir, utterance_audio
+    from ..data.featstore import FeatureStore
+    from .f0 import _evenly
+
+    dd = read_datadir(data_dir)
+    store = FeatureStore.open(feats_dir, verify="full")
+    fc = store.config
+    utts = sorted(u for s in dd.speakers for u in _evenly([x for x in dd.spk2utt[s] if x in store], tc.utts_per_speaker))
+    if not utts:
+        raise SQVAEError(f"no utterance of {data_dir} has features in {feats_dir}: extract them first "
+                         f"(`sqvae-speech extract {data_dir} {feats_dir}`)")
+    f0s = _read_f0_cache(cache, utts, tc.f0_method) if cache is not None else None
+    if f0s is None:
+        jobs = [(u, *utterance_audio(dd, u), fc.to_dict(), tc.f0_method) for u in utts]
+        f0s, failed = {}, {}
+        bar = tqdm(total=len(jobs), unit="utt", desc=f"F0 ({tc.f0_method})", disable=None if progress else True)
+        if nj > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            from ..data.workers import exit_with, worker_context
+
+            # exit_with: a SIGKILLed run takes its workers along instead of leaving them orphaned
+            with ProcessPoolExecutor(max_workers=nj, mp_context=worker_context(), initializer=exit_with,
+                                     initargs=(os.getpid(),)) as pool:
+                results = list(_tick(pool.map(_f0_job, jobs, chunksize=4), bar))
+        else:
+            results = list(_tick(map(_f0_job, jobs), bar))
+        for u, f0, err in results:
+            if f0 is None:
+                failed[u] = err
+            else:
+                f0s[u] = f0
+        bar.close()
+        if failed:
+            first = next(iter(failed.items()))
+            raise SQVAEError(f"{len(failed)} training utterance(s) of {data_dir} cannot be read, e.g. {first[0]}: "
+                             f"{first[1]}; fix or remove them from the data dir")
+        if cache is not None:
+            offsets = np.cumsum([0] + [f0s[u].size for u in utts])
+            with atomic_path(cache) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, utts=np.array(utts), method=np.array(tc.f0_method), offsets=offsets,
+                             f0=np.concatenate([f0s[u] for u in utts]))
+    clips = []
+    for u in utts:
+        path, start, end = utterance_audio(dd, u)
+        wav = preemphasis(peak_normalize(load_audio(path, fc.sample_rate, start, end), fc.peak), fc.preemph)
+        mel = store[u]
+        t = mel.shape[1]
+        f0 = np.asarray(f0s[u], dtype=np.float32)
+        if f0.size != t or 1 + wav.size // fc.hop_length != t:
+            raise SQVAEError(f"{u}: {t} feature frames in {feats_dir} but its audio in {data_dir} gives "
+                             f"{1 + wav.size // fc.hop_length}; re-extract the features of this data dir")
+        n = (t - 1) * fc.hop_length
+        clips.append(Clip(u, wav[:n].astype(np.float32), mel, f0, excitation(f0, fc)))
+    return clips, fc
+
+
+def sample_batch(clips: Sequence[Clip], eligible: np.ndarray, batch_size: int, frames: int, hop: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    """``batch_size`` random windows: mel ``[B, n_mels, S]``, F0 ``[B, S]``, audio and pulses
+    ``[B, (S - 1) * hop]``, S = ``frames``; utterances drawn in proportion to their length."""
+    weights = np.array([clips[i].mel.shape[1] - frames + 1 for i in eligible], dtype=np.float64)
+    ids = rng.choice(eligible, size=batch_size, p=weights / weights.sum())
+    mels, f0s, ys, ps = [], [], [], []
+    n = (frames - 1) * hop
+    for i in ids:
+        c = clips[i]
+        t0 = int(rng.integers(0, c.mel.shape[1] - frames + 1))
+        mels.append(c.mel[:, t0: t0 + frames])
+        f0s.append(c.f0[t0: t0 + frames])
+        ys.append(c.audio[t0 * hop: t0 * hop + n])
+        ps.append(c.pulses[t0 * hop: t0 * hop + n])
+    return tuple(torch.from_numpy(np.stack(x)) for x in (mels, f0s, ys, ps))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_vocoder(cfg: VocoderExperimentConfig, data_dir: str | Path, feats_dir: str | Path, exp_dir: str | Path,
+                  resume: bool = False, nj: int = 1, cpu: bool = False, progress: bool = True,
+                  stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the neural vocoder in ``exp_dir``; returns a summary.
+
+    ``stop_after``: stop after that many steps of this call (tests); the vocoder file is
+    written only when ``cfg.train.steps`` is reached.
+    """
+    exp_dir = Path(exp_dir)
+    with lossy_stderr(), dir_lock(exp_dir, "sqvae-speech train-vocoder", main_only=True):
+        return _train(cfg, data_dir, feats_dir, exp_dir, resume, nj, cpu, progress, stop_after)
+
+
+def _train(cfg: VocoderExperimentConfig, data_dir: str | Path, feats_dir: str | Path, exp_dir: Path, resume: bool,
+           nj: int, cpu: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from tqdm import tqdm
+
+    from ..checkpoint import load_checkpoint
+
+    tc = cfg.train
+    start_step, ckpt = 0, None
+    latest = latest_checkpoint(exp_dir)
+    if latest is not None and not resume:
+        raise ConfigError(f"{exp_dir} already holds checkpoints (newest {latest.name}); pass --resume to continue "
+                          "or choose another --exp")
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        if ckpt.get("kind") != KIND:
+            raise CheckpointError(f"{latest} is not a vocoder checkpoint: train the vocoder into its own --exp dir")
+        if ckpt["config"]["vocoder"] != cfg.vocoder.to_dict():
+            raise ConfigError(f"the vocoder settings differ from those of {latest}; resume with the original "
+                              "config or train into a new --exp directory")
+        start_step = int(ckpt["step"])
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # the lock holder (the other ranks write nothing here before the F0 cache)
+        # what a killed run logged after its last checkpoint, or before its first one, is dropped
+        trim_metrics(exp_dir, start_step)
+        # and the files it was writing (f0.npz, vocoder.pt, config.yaml ...) are removed
+        for stale in exp_dir.glob(".tmp-*"):
+            stale.unlink(missing_ok=True)
+    clips, fc = load_clips(data_dir, feats_dir, tc, exp_dir / "f0.npz", nj, progress)
+    eligible = np.flatnonzero([c.mel.shape[1] >= tc.segment_frames for c in clips])
+    if eligible.size == 0:
+        raise SQVAEError(f"no training utterance of {data_dir} has {tc.segment_frames} frames; lower "
+                         "train.segment_frames")
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu or not torch.cuda.is_available())
+    main, rank = accelerator.is_main_process, accelerator.process_index
+    torch.manual_seed(tc.seed)
+    model = NeuralVocoder(cfg.vocoder, fc)
+    loss_fn = MultiResolutionSTFTLoss().to(accelerator.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        load_scheduler_state(scheduler, ckpt["scheduler"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if main:
+        atomic_write_text(exp_dir / "config.yaml", dump_yaml(cfg))
+        params = sum(p.numel() for p in model.parameters())
+        print(f"[train-vocoder] {params / 1e6:.2f} M parameters, {len(clips)} utterances "
+              f"({sum(c.audio.size for c in clips) / fc.sample_rate / 60:.1f} min) from {data_dir}, device "
+              f"{accelerator.device}, from step {start_step} to {tc.steps}", file=sys.stderr)
+    end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
+    step, last_ckpt = start_step, latest
+    writer = open_event_log(exp_dir, start_step) if main else None
+    bar = tqdm(total=tc.steps, initial=start_step, disable=not (main and progress), desc="train-vocoder",
+               unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt
+        accelerator.wait_for_everyone()
+        if main:
+            last_ckpt = save_checkpoint(exp_dir, step, {
+                "kind": KIND, "config": {**cfg.to_dict(), "features": fc.to_dict()},
+                "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler_state(scheduler)}, keep=tc.keep_checkpoints)
+
+    sums, count, t0 = np.zeros(2), 0, time.time()
+    model.train()
+    try:
+        while step < end_step:
+            rng = np.random.default_rng([tc.seed, step, rank])
+            mel, f0, y, pulses = (x.to(accelerator.device) for x in
+                                  sample_batch(clips, eligible, tc.batch_size, tc.segment_frames, fc.hop_length, rng))
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            noise = torch.randn(y.shape, generator=gen).to(accelerator.device)
+            with accelerator.autocast():
+                out = model(mel, f0, pulses, noise)
+            sc, mag = loss_fn(out.float(), y)
+            loss = sc + mag
+            if not torch.isfinite(loss):
+                raise SQVAEError(f"the vocoder loss is not finite at step {step}; {resume_hint(last_ckpt)} "
+                                 "with a lower train.lr")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            sums += (float(sc.detach()), float(mag.detach()))
+            count += 1
+            bar.update(1)
+            if step % tc.log_every == 0 or step == end_step:
+                stats = {"loss": float(sums.sum() / count), "spectral_convergence": float(sums[0] / count),
+                         "log_magnitude_l1": float(sums[1] / count), "lr": scheduler.get_last_lr()[0],
+                         "seconds_per_step": (time.time() - t0) / count}
+                sums, count, t0 = np.zeros(2), 0, time.time()
+                if main:
+                    try:
+                        log_metrics(exp_dir, writer, step, stats)
+                    except DiskFullError as e:
+                        raise DiskFullError(f"{e}; training stopped at step {step}: {resume_hint(last_ckpt)}",
+                                            e.errno or errno.ENOSPC) from e
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            if step % tc.checkpoint_every == 0 and step < end_step:
+                checkpoint()
+        checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    out_file = None
+    if main and step >= tc.steps:
+        out_file = save_vocoder(exp_dir / "vocoder.pt", accelerator.unwrap_model(model), step, tc.to_dict())
+        print(f"[train-vocoder] done: step {step}, {out_file}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return {"step": step, "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "vocoder": str(out_file) if out_file else None, "main": main}
