@@ -74,22 +74,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-sources", action="store_true",
                    help="--make-list: each target that has utterances in the DATA_DIRs is a source too (decoded as "
                         "itself: a reconstruction, the listener's reference)")
-    p.add_argument("--vocoder", choices=VOCODERS, default="world", help="world (default) or griffinlim")
+    p.add_argument("--vocoder", choices=VOCODERS, default="world",
+                   help="world (default), griffinlim, or neural (the trained neural vocoder: needs --vocoder-model)")
+    p.add_argument("--vocoder-model", metavar="VOCODER.pt",
+                   help="the neural vocoder: vocoder.pt written by `sqvae-speech train-vocoder` (or its EXP dir)")
+    p.add_argument("--compare-vocoders", metavar="NAMES",
+                   help="also render every item through these vocoders (separated by commas), played under the "
+                        "main one on the page, e.g. 'world,griffinlim'")
     p.add_argument("--out", required=True, help="output dir: <name>.wav, <name>.png, conversion.json, index.html")
     p.add_argument("--feats", help="feature store holding the source utterances")
-    p.add_argument("--data", help="data dir holding the source utterances' audio (WORLD needs it)")
-    p.add_argument("--f0-stats", help="per-speaker F0 statistics (sqvae-speech f0-stats); needed by WORLD conversions")
+    p.add_argument("--data", help="data dir holding the source utterances' audio (WORLD and the neural vocoder need it)")
+    p.add_argument("--f0-stats", help="per-speaker F0 statistics (sqvae-speech f0-stats); needed by WORLD and neural "
+                   "conversions")
     p.add_argument("--f0-data", metavar="DATA_DIR",
-                   help="WORLD: the training data dir; when --f0-stats is missing, lacks a speaker the conversion "
+                   help="WORLD / neural: the training data dir; when --f0-stats is missing, lacks a speaker the conversion "
                         "needs (each target, and each source speaker of DATA_DIR) or was measured otherwise, "
                         "compute it from DATA_DIR for those speakers (then a rerun reuses it)")
     p.add_argument("--f0-utts-per-speaker", type=int, default=F0_UTTS_PER_SPEAKER, metavar="N",
                    help=f"--f0-data: evenly spaced utterances per speaker (default {F0_UTTS_PER_SPEAKER}; 0: all)")
     p.add_argument("--nj", type=int, default=1, help="--f0-data: parallel F0 worker processes (default 1)")
     p.add_argument("--f0-method", choices=("harvest", "dio"),
-                   help="F0 estimator for WORLD (default: the one --f0-stats used, else harvest)")
+                   help="F0 estimator for WORLD and the neural vocoder (default: the one --f0-stats used, else harvest)")
     p.add_argument("--f0-norm", choices=F0_NORMS, default="speaker",
-                   help="WORLD F0 mapping: by the source speaker's log-F0 statistics (default; keeps each line's "
+                   help="WORLD / neural F0 mapping: by the source speaker's log-F0 statistics (default; keeps each line's "
                         "register) or by the source utterance's own (every output at the target's median)")
     p.add_argument("--similarity", metavar="DATA_DIR",
                    help="held-out recordings of the target and source speakers: each output's speaker similarity "
@@ -131,8 +138,12 @@ def run(args: argparse.Namespace) -> int:
         where = f"--make-list {' '.join(args.make_list)}"
         print(f"sources: {', '.join(source_speakers)}; targets: {', '.join(targets)}; {len(items)} items")
     f0_stats = args.f0_stats
+    compare = speaker_names(args.compare_vocoders) or []
+    bad = [v for v in compare if v not in VOCODERS]
+    if bad:
+        raise SQVAEError(f"--compare-vocoders: unknown vocoder(s) {', '.join(bad)}; choose from {', '.join(VOCODERS)}")
     if args.f0_data:
-        if args.vocoder != "world":
+        if all(v == "griffinlim" for v in [args.vocoder, *compare]):
             print(f"--vocoder {args.vocoder}: no F0 statistics needed")
             f0_stats = None  # not even an old file
         else:
@@ -153,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                 data = str(subset)
         manifest = run_conversion(args.exp, items, args.out, args.vocoder, args.feats, data, f0_stats,
                                   args.f0_method, args.gl_iters, args.seed, args.device, args.progress, where=where,
-                                  f0_norm=args.f0_norm, similarity_data=args.similarity)
+                                  f0_norm=args.f0_norm, similarity_data=args.similarity,
+                                  vocoder_model=args.vocoder_model, compare_vocoders=compare)
         if dd is not None:
             write_conversion_list(Path(args.out) / "list.txt", items)  # what was converted, for --list next time
         if subset is not None:

@@ -18,8 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phone-feats", help="features of a phone-labelled set (unit quality); needs --alignment")
     p.add_argument("--alignment", help="its phone alignment: 'utt start dur phone' lines or a Kaldi CTM")
     p.add_argument("--resynth-utts", type=int, default=12, help="held-out utterances scored for resynthesis (default 12)")
-    p.add_argument("--vocoders", nargs="+", default=["world", "griffinlim"], choices=["world", "griffinlim"],
-                   help="vocoders for resynthesis (default: both)")
+    p.add_argument("--vocoders", nargs="+", default=None, choices=["neural", "world", "griffinlim"],
+                   help="vocoders for resynthesis (default: world and griffinlim, with neural first when "
+                        "--vocoder-model is given)")
+    p.add_argument("--vocoder-model", metavar="VOCODER.pt",
+                   help="the neural vocoder (vocoder.pt of `sqvae-speech train-vocoder`) for --vocoders neural")
     p.add_argument("--gl-iters", type=int, default=100, help="Griffin-Lim iterations (default 100, as convert)")
     p.add_argument("--ref-per-speaker", type=int, default=10,
                    help="held-out recordings per speaker for its speaker embedding (default 10)")
@@ -35,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("resynth_utts", "gl_iters", "ref_per_speaker", "nj"):
         if getattr(args, name) < (0 if name == "resynth_utts" else 1):
             raise SQVAEError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    vocoders = args.vocoders or (["neural"] if args.vocoder_model else []) + ["world", "griffinlim"]
+    if "neural" in vocoders and not args.vocoder_model:
+        raise SQVAEError("--vocoders neural needs --vocoder-model, the vocoder.pt of `sqvae-speech train-vocoder`")
     opts = ReportOptions(args.data, args.feats, args.phone_feats, args.alignment, args.resynth_utts,
-                         tuple(dict.fromkeys(args.vocoders)), args.gl_iters, args.ref_per_speaker, args.f0_stats,
-                         args.seed, args.nj, not args.no_progress)
+                         tuple(dict.fromkeys(vocoders)), args.gl_iters, args.ref_per_speaker, args.f0_stats,
+                         args.seed, args.nj, not args.no_progress, args.vocoder_model)
     with dir_lock(args.out, "sqvae-speech report"):
         r = make_report(args.exps, args.out, opts)
     print(f"report of {len(r['experiments'])} experiment(s) in {r['seconds']} s: {args.out}/report.html "

@@ -3,8 +3,11 @@
 ``--units`` reads what ``sqvae-speech encode`` / ``export`` write: a ``.units`` file (one
 line of code indices, not collapsed with ``--dedup``: the decoder needs one unit per
 frame), a ``.npy`` of indices ``[T']`` or quantized vectors ``[T', D]``, or a ZeroSpeech
-``.txt`` (one frame per line). Units carry no pitch, so the vocoder is Griffin-Lim; for
-WORLD with the source's F0, convert the audio itself (``sqvae-speech convert --model``).
+``.txt`` (one frame per line). Units carry no pitch: Griffin-Lim (default) needs none;
+the neural vocoder (``--vocoder neural --vocoder-model VOCODER.pt``) takes the pitch
+contour of a recording (``--f0-from``, e.g. the one the units came from), mapped to the
+speaker's F0 statistics and stretched to the units' length. For conversion with the
+source's own timing and pitch, convert the audio itself (``sqvae-speech convert --model``).
 """
 
 from __future__ import annotations
@@ -51,8 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", required=True, help=".units, .npy or ZeroSpeech .txt file (see above)")
     p.add_argument("--speaker", required=True, help="one of the model's speakers")
     p.add_argument("--out", required=True, help="output .wav (16-bit)")
+    p.add_argument("--vocoder", choices=("griffinlim", "neural"), default="griffinlim",
+                   help="griffinlim (default) or neural (needs --vocoder-model and --f0-from)")
+    p.add_argument("--vocoder-model", metavar="VOCODER.pt", help="the neural vocoder (vocoder.pt of `train-vocoder`)")
+    p.add_argument("--f0-from", metavar="AUDIO", help="neural: the recording whose pitch contour is used")
     p.add_argument("--gl-iters", type=int, default=100, help="Griffin-Lim iterations (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
+    p.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase / neural vocoder noise seed")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
@@ -65,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     units = read_units(args.units)
     model = load_model(args.model, device=args.device)
     model.speaker_index(args.speaker)
-    wav, sr = model.synthesize(units, args.speaker, gl_iters=args.gl_iters, seed=args.seed)
+    if args.vocoder == "neural" and not (args.vocoder_model and args.f0_from):
+        raise SQVAEError("--vocoder neural needs --vocoder-model (vocoder.pt of `train-vocoder`) and --f0-from AUDIO "
+                         "(units carry no pitch)")
+    wav, sr = model.synthesize(units, args.speaker, gl_iters=args.gl_iters, seed=args.seed, vocoder=args.vocoder,
+                               vocoder_model=args.vocoder_model, f0_from=args.f0_from)
     write_wav(args.out, wav, sr)
-    print(f"synthesize: {args.out} ({wav.size / sr:.2f} s, {len(units)} frames as {args.speaker}, Griffin-Lim)")
+    name = "Griffin-Lim" if args.vocoder == "griffinlim" else f"neural vocoder, F0 of {args.f0_from}"
+    print(f"synthesize: {args.out} ({wav.size / sr:.2f} s, {len(units)} frames as {args.speaker}, {name})")
     return 0

@@ -220,34 +220,84 @@ class Model:
                                            torch.tensor([spk], device=self.device))
         return out[0, :, : int(lengths[0])].float().cpu().numpy()
 
-    def synthesize(self, units: Units | Any, speaker: str, gl_iters: int = 100, seed: int = 0) -> tuple[np.ndarray, int]:
-        """Waveform ``([N] float32, sample rate)`` of ``units`` as ``speaker``, by Griffin-Lim
-        (units carry no pitch, so WORLD needs the source audio: see :meth:`resynthesize`)."""
-        from ..synthesis.vocoders import griffinlim, peak_limit
+    def synthesize(self, units: Units | Any, speaker: str, gl_iters: int = 100, seed: int = 0,
+                   vocoder: str = "griffinlim", vocoder_model: Any = None,
+                   f0_from: AudioInput | None = None, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+        """Waveform ``([N] float32, sample rate)`` of ``units`` as ``speaker``.
+
+        Units carry no pitch. Griffin-Lim (default) needs none. The neural vocoder
+        (``vocoder="neural"``, ``vocoder_model``: a ``train-vocoder`` file or a loaded
+        vocoder) takes its F0 contour from the recording ``f0_from`` (e.g. the one the units
+        were encoded from), mapped to ``speaker``'s log-F0 statistics (:attr:`f0_stats`) and
+        stretched to the units' length. For conversion of a recording with its own timing
+        and pitch, see :meth:`resynthesize`.
+        """
+        from ..synthesis.vocoders import griffinlim, neural, peak_limit
 
         mel = self.decode(units, speaker)
-        wav = griffinlim([mel], self.features, gl_iters, seed=seed)[0]
+        if vocoder == "griffinlim":
+            wav = griffinlim([mel], self.features, gl_iters, seed=seed)[0]
+        elif vocoder == "neural":
+            if f0_from is None:
+                raise SQVAEError("the neural vocoder needs a pitch contour, which units do not carry: pass f0_from "
+                                 "(a recording, e.g. the one the units came from; --f0-from on the command line) "
+                                 "or use vocoder='griffinlim'")
+            f0 = self._f0_for(f0_from, speaker, mel.shape[1] + 2, sample_rate)
+            wav = neural([mel], [f0], self._vocoder(vocoder_model), self.features, offset=1, seed=seed)[0]
+        else:
+            raise SQVAEError(f"synthesize: vocoder must be 'griffinlim' or 'neural', got '{vocoder}'")
         return peak_limit(wav * (0.5 / max(float(np.abs(wav).max(initial=0.0)), 1e-9))), self.features.sample_rate
+
+    def _vocoder(self, vocoder_model: Any) -> Any:
+        """A loaded neural vocoder from a path / loaded model, checked against this model's features."""
+        from ..synthesis.neural import NeuralVocoder, load_vocoder
+
+        if vocoder_model is None:
+            raise SQVAEError("vocoder='neural' needs vocoder_model: the vocoder.pt written by `sqvae-speech train-vocoder`")
+        net = vocoder_model if isinstance(vocoder_model, NeuralVocoder) else load_vocoder(vocoder_model, self.device)
+        if net.features != self.features:
+            raise SQVAEError("the neural vocoder was trained on other feature settings than this model's; train one on "
+                             "the same features (`sqvae-speech train-vocoder`)")
+        return net
+
+    def _f0_for(self, audio: AudioInput, speaker: str, frames: int, sample_rate: int | None) -> np.ndarray:
+        """F0 ``[frames]`` of a recording, mapped to ``speaker`` (its own log-F0 statistics as the
+        source's) and stretched to ``frames`` (nearest frame)."""
+        from ..synthesis.f0 import convert_f0, extract_f0, utterance_stats
+
+        if self.f0_stats is None:
+            raise SQVAEError(f"{self.source} carries no F0 statistics, which mapping the pitch to '{speaker}' needs: pass "
+                             "load_model(..., f0_stats='f0_stats.json') or package the model with --f0-stats")
+        with mel_input(audio, self.features, sample_rate, stream_seconds=MAX_CONVERT_SECONDS) as inp:
+            if inp.wav is None:
+                raise AudioError(f"{inp.name} is longer than {MAX_CONVERT_SECONDS:.0f} s; use a shorter recording for F0")
+            f0 = extract_f0(inp.wav, self.features, self.f0_stats.method)
+        tgt = self.f0_stats.speaker(speaker)
+        f0 = convert_f0(f0, utterance_stats(f0), tgt, self.f0_stats.f0_floor, self.f0_stats.f0_ceil)
+        idx = np.minimum((np.arange(frames) * f0.size / frames).astype(np.int64), f0.size - 1)
+        return f0[idx]
 
     def resynthesize(self, audio: AudioInput, speaker: str, vocoder: str = "world", sample_rate: int | None = None,
                      source_speaker: str | None = None, f0_norm: str = "speaker", gl_iters: int = 100,
-                     seed: int = 0) -> tuple[np.ndarray, int]:
+                     seed: int = 0, vocoder_model: Any = None) -> tuple[np.ndarray, int]:
         """Voice conversion: ``audio`` encoded, decoded as ``speaker``, vocoded.
 
-        WORLD takes F0 and aperiodicity from ``audio``, its F0 mapped to the target's
-        log-F0 statistics (:attr:`f0_stats`; from the source speaker's statistics when
-        ``source_speaker`` is a speaker in them and ``f0_norm="speaker"``, else from the
-        recording's own). Griffin-Lim needs no statistics. The output has the loudness
-        (RMS) of the input. Returns ``([N] float32, sample rate)``.
+        WORLD takes F0 and aperiodicity from ``audio``, the neural vocoder (``vocoder="neural"``,
+        ``vocoder_model``: the ``train-vocoder`` file or a loaded vocoder) its F0; both map
+        F0 to the target's log-F0 statistics (:attr:`f0_stats`; from the source speaker's
+        statistics when ``source_speaker`` is a speaker in them and ``f0_norm="speaker"``,
+        else from the recording's own). Griffin-Lim needs no statistics. The output has the
+        loudness (RMS) of the input. Returns ``([N] float32, sample rate)``.
         """
         from ..data.audio import is_silent
         from ..synthesis.convert import Converter, Source, match_loudness
 
         self.speaker_index(speaker)
-        if vocoder == "world" and self.f0_stats is None:
-            raise SQVAEError(f"{self.source} carries no F0 statistics, which WORLD conversion needs: pass "
+        if vocoder in ("world", "neural") and self.f0_stats is None:
+            raise SQVAEError(f"{self.source} carries no F0 statistics, which {vocoder.replace('world', 'WORLD')} conversion needs: pass "
                              "load_model(..., f0_stats='f0_stats.json') (`sqvae-speech f0-stats`), package the model "
                              "with --f0-stats, or use vocoder='griffinlim'")
+        net = self._vocoder(vocoder_model) if vocoder == "neural" else None
         with mel_input(audio, self.features, sample_rate, stream_seconds=MAX_CONVERT_SECONDS) as inp:
             check_length(inp, self.features)
             if inp.wav is None:
@@ -255,7 +305,7 @@ class Model:
             key = describe(audio)
             src = Source(key, Path(key).stem, source_speaker, inp.mel, inp.wav, is_silent(inp.wav))
         conv = Converter(self.net, self.features, vocoder, self.f0_stats, gl_iters=gl_iters, seed=seed,
-                         device=str(self.device), f0_norm=f0_norm)
+                         device=str(self.device), f0_norm=f0_norm, neural_vocoder=net)
         conv.check_f0(src, speaker)
         wav, _ = conv.convert(src, speaker)
         return match_loudness(wav, src), self.features.sample_rate

@@ -138,20 +138,41 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], nj: int) -> Any:
         yield from pool.map(fn, jobs)
 
 
+_NEURAL: dict[str, Any] = {}  # vocoder file -> model, loaded once per worker process
+
+
+def _neural_vocoder(path: str) -> Any:
+    if path not in _NEURAL:
+        import multiprocessing
+
+        import torch
+
+        from ..synthesis.neural import load_vocoder
+
+        if multiprocessing.parent_process() is not None:
+            torch.set_num_threads(1)  # a worker of the pool: the pool provides the parallelism
+        _NEURAL[path] = load_vocoder(path)
+    return _NEURAL[path]
+
+
 def _score_utterance(job: tuple[Any, ...]) -> dict[tuple[str | None, str], dict[str, float]]:
     """Every system's scores on one utterance (runs in a worker process)."""
-    from ..synthesis.vocoders import align_frames, griffinlim, world, world_analyze
+    from ..synthesis.f0 import extract_f0
+    from ..synthesis.vocoders import align_frames, griffinlim, neural, world, world_analyze
     from .signal import Reference, speech_quality
 
-    wav, mel, decoded, vocoders, config, f0_method, gl_iters = job
+    wav, mel, decoded, vocoders, config, f0_method, gl_iters, vocoder_model = job
     sr = config.sample_rate
     ana = world_analyze(wav, config, f0_method) if "world" in vocoders else None
-    ref = Reference.of(wav, sr, f0=ana.f0 if ana is not None and f0_method == "harvest" else None)
+    f0 = ana.f0 if ana is not None else (extract_f0(wav, config, f0_method) if "neural" in vocoders else None)
+    ref = Reference.of(wav, sr, f0=f0 if f0 is not None and f0_method == "harvest" else None)
     out = {}
     for name, m, offset in [(None, mel, 0), *((n, d, 1) for n, d in decoded.items())]:
         for voc in vocoders:
             if voc == "world":
                 y = world([m], [ana], None, config, offset=offset)[0]
+            elif voc == "neural":
+                y = neural([m], [f0], _neural_vocoder(vocoder_model), config, offset=offset)[0]
             else:
                 y = griffinlim([align_frames(m, mel.shape[1], offset)], config, gl_iters)[0]
             out[name, voc] = speech_quality(ref, y, sr)
@@ -160,14 +181,15 @@ def _score_utterance(job: tuple[Any, ...]) -> dict[tuple[str | None, str], dict[
 
 def resynthesis_quality(sources: dict[str, Any], models: dict[str, Any], vocoders: Sequence[str], config: Any,
                         f0_method: str = "harvest", gl_iters: int = 100, nj: int = 1,
-                        progress: bool = True) -> list[dict[str, Any]]:
+                        progress: bool = True, vocoder_model: str | None = None) -> list[dict[str, Any]]:
     """Quality of each vocoder alone and of each model's reconstruction through each vocoder.
 
     Args:
         sources: ``utt -> Source`` (:func:`sqvae_speech.synthesis.convert.load_sources`, with audio).
         models: ``name -> Model``; each reconstructs an utterance as its own speaker.
-        vocoders: ``"world"`` and / or ``"griffinlim"``.
+        vocoders: ``"neural"``, ``"world"`` and / or ``"griffinlim"``.
         nj: worker processes (utterances are scored in parallel).
+        vocoder_model: the neural vocoder file (needed for ``"neural"``); checked here, loaded in each worker.
 
     Returns:
         one row per system: ``{"system", "model", "vocoder", "utterances", "mean": {metric: value},
@@ -175,9 +197,17 @@ def resynthesis_quality(sources: dict[str, Any], models: dict[str, Any], vocoder
     """
     from ..synthesis.convert import Converter
 
+    if "neural" in vocoders:
+        if vocoder_model is None:
+            raise SQVAEError("resynthesis with the neural vocoder needs its file (--vocoder-model)")
+        from ..synthesis.neural import load_vocoder
+
+        if load_vocoder(vocoder_model).features != config:
+            raise SQVAEError(f"the neural vocoder {vocoder_model} was trained on other feature settings than {config}")
+        vocoder_model = str(Path(vocoder_model).resolve())
     decoders = {name: Converter(m.net, config, "griffinlim") for name, m in models.items()}
     jobs = [(src.wav, src.mel, {n: d.decode(src.mel, src.speaker) for n, d in decoders.items()}, tuple(vocoders),
-             config, f0_method, gl_iters) for src in sources.values()]
+             config, f0_method, gl_iters, vocoder_model) for src in sources.values()]
     scores: dict[str, dict[tuple[str | None, str], dict[str, float]]] = {}
     bar = _progress(progress, len(jobs), "resynthesis")
     for u, res in zip(sources, pool_map(_score_utterance, jobs, nj)):

@@ -43,6 +43,7 @@ class ReportOptions:
     seed: int = 0
     nj: int = 2  # worker processes for the signal metrics
     progress: bool = True
+    vocoder_model: str | None = None  # the neural vocoder file, for vocoders "neural"
 
 
 def _read_json(path: Path) -> Any:
@@ -162,7 +163,8 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
         sources = load_sources(utts, cfg, opts.feats, opts.data, need_audio=True, where="report")
         f0_method = first.f0_stats.method if first.f0_stats else "harvest"
         report["resynthesis"] = heldout.resynthesis_quality(sources, models, opts.vocoders, cfg, f0_method,
-                                                            opts.gl_iters, opts.nj, opts.progress)
+                                                            opts.gl_iters, opts.nj, opts.progress,
+                                                            opts.vocoder_model)
     else:
         report["resynthesis"] = []
     report["resynthesis_utterances"] = utts

@@ -5,16 +5,20 @@ For every row ``source target_speaker output_name`` of a conversion list:
 1. the source's log-mel (from ``--feats``, else computed from its audio), odd T trimmed;
 2. ``model.encode`` (deterministic quantization) and ``model.decode`` with the target
    speaker: ``T - 2`` frames for ``mel[:, 1:-1]``;
-3. a vocoder (:mod:`sqvae_speech.synthesis.vocoders`): Griffin-Lim from the mel alone, or WORLD
-   with the F0 and aperiodicity of the source audio, F0 mapped to the target speaker's
-   log-F0 statistics (``sqvae-speech f0-stats``; a source speaker missing from them is
-   described by its own utterance's statistics);
+3. a vocoder (:mod:`sqvae_speech.synthesis.vocoders`): Griffin-Lim from the mel alone, WORLD
+   with the F0 and aperiodicity of the source audio, or the trained neural vocoder
+   (:mod:`sqvae_speech.synthesis.neural`, ``--vocoder-model``) with the F0 of the source
+   audio; for WORLD and the neural vocoder F0 is mapped to the target speaker's log-F0
+   statistics (``sqvae-speech f0-stats``; a source speaker missing from them is described
+   by its own utterance's statistics);
 4. ``OUT/<output_name>.wav`` (16 kHz, 16-bit, scaled to the source's RMS loudness and
    peak-limited to 0.99) and ``OUT/<output_name>.png`` (source mel,
    converted mel and, for a reconstruction (target == source speaker), their difference).
 
 ``OUT/sources/`` holds each source as heard (16 kHz) and through the vocoder alone, so a
-listener can tell the vocoder's artifacts from the model's. ``OUT/conversion.json``
+listener can tell the vocoder's artifacts from the model's. ``compare_vocoders`` renders
+every source and every item through other vocoders too (``<name>.<vocoder>.wav``), played
+under the main one in the same cell of the page. ``OUT/conversion.json``
 records every item and ``OUT/index.html`` is the listening page
 (:mod:`sqvae_speech.synthesis.listening`). A silent source gives silence.
 
@@ -47,6 +51,7 @@ from .vocoders import (
     WorldAnalysis,
     align_frames,
     griffinlim,
+    neural,
     peak_limit,
     world,
     world_analyze,
@@ -123,18 +128,22 @@ class Converter:
 
     def __init__(self, model: Any, config: FeatureConfig, vocoder: str = "world", f0_stats: F0Stats | None = None,
                  f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
-                 f0_norm: str = "speaker") -> None:
+                 f0_norm: str = "speaker", neural_vocoder: Any = None) -> None:
         if vocoder not in VOCODERS:
             raise SQVAEError(f"--vocoder must be one of {', '.join(VOCODERS)}, got '{vocoder}'")
         if f0_norm not in F0_NORMS:
             raise SQVAEError(f"--f0-norm must be one of {', '.join(F0_NORMS)}, got '{f0_norm}'")
+        if vocoder == "neural" and neural_vocoder is None:
+            raise SQVAEError("--vocoder neural needs --vocoder-model, the vocoder.pt written by `sqvae-speech train-vocoder`")
         self.f0_norm = f0_norm
         self.model = model.eval().to(device)
         self.config, self.vocoder, self.f0_stats = config, vocoder, f0_stats
+        self.neural_vocoder = neural_vocoder
         self.f0_method = f0_method or (f0_stats.method if f0_stats else "harvest")
         self.gl_iters, self.seed, self.device = gl_iters, seed, device
         self.speakers = list(model.config.speakers)
         self._analyses: dict[str, Any] = {}
+        self._f0s: dict[str, np.ndarray] = {}
 
     def check_target(self, target: str, where: str) -> int:
         if target not in self.speakers:
@@ -158,15 +167,25 @@ class Converter:
             self._analyses[src.key] = world_analyze(src.wav, self.config, self.f0_method)
         return self._analyses[src.key]
 
+    def source_f0(self, src: Source) -> np.ndarray:
+        """F0 ``[T]`` of a source's audio (from its WORLD analysis when there is one; cached)."""
+        if src.key in self._analyses:
+            return self._analyses[src.key].f0
+        if src.key not in self._f0s:
+            from .f0 import extract_f0
+
+            self._f0s[src.key] = extract_f0(src.wav, self.config, self.f0_method)
+        return self._f0s[src.key]
+
     def _maps_f0(self, src: Source, target: str) -> bool:
         return self.f0_norm == "utterance" or src.speaker != target
 
     def check_f0(self, src: Source, target: str) -> None:
         """A WORLD conversion to another speaker needs that speaker's F0 statistics."""
-        if self.vocoder != "world" or not self._maps_f0(src, target):
+        if self.vocoder == "griffinlim" or not self._maps_f0(src, target):
             return
         if self.f0_stats is None:
-            raise SQVAEError(f"converting '{src.key}' to '{target}' with WORLD needs F0 statistics: pass --f0-stats "
+            raise SQVAEError(f"converting '{src.key}' to '{target}' with {self.vocoder} needs F0 statistics: pass --f0-stats "
                              "(written by `sqvae-speech f0-stats DATA_DIR OUT.json`)")
         self.f0_stats.speaker(target)
 
@@ -174,7 +193,7 @@ class Converter:
         """The source's F0 mapped to ``target``: with ``f0_norm="speaker"`` from the source
         speaker's statistics (unchanged for a reconstruction), with ``"utterance"`` from
         the utterance's own (every item, reconstructions included)."""
-        f0 = self.analysis(src).f0
+        f0 = self.analysis(src).f0 if self.vocoder == "world" else self.source_f0(src)
         if not self._maps_f0(src, target):
             return f0
         self.check_f0(src, target)
@@ -187,16 +206,26 @@ class Converter:
     def vocode(self, src: Source, mel: np.ndarray, target: str | None, offset: int) -> np.ndarray:
         """Waveform of ``mel`` placed at ``offset`` on the source's frame grid; ``target``
         None keeps the source's own F0 (vocoder-only resynthesis)."""
-        if self.vocoder == "griffinlim":
-            n_frames = src.mel.shape[1]
-            if src.silent:
-                return np.zeros((n_frames - 1) * self.config.hop_length, np.float32)
-            return griffinlim([align_frames(mel, n_frames, offset)], self.config, self.gl_iters, seed=self.seed)[0]
-        ana = self.analysis(src)
+        n_frames = src.mel.shape[1]
         if src.silent:
-            return np.zeros((ana.f0.size - 1) * self.config.hop_length, np.float32)
+            return np.zeros((n_frames - 1) * self.config.hop_length, np.float32)
+        if self.vocoder == "griffinlim":
+            return griffinlim([align_frames(mel, n_frames, offset)], self.config, self.gl_iters, seed=self.seed)[0]
+        if self.vocoder == "neural":
+            f0 = self.source_f0(src) if target is None else self.target_f0(src, target)
+            return neural([mel], [f0], self.neural_vocoder, self.config, offset=offset, seed=self.seed)[0]
+        ana = self.analysis(src)
         f0 = ana.f0 if target is None else self.target_f0(src, target)
         return world([mel], [ana], [f0], self.config, offset=offset)[0]
+
+    def with_vocoder(self, vocoder: str) -> Converter:
+        """The same model, F0 statistics and cached analyses with another vocoder."""
+        other = Converter.__new__(Converter)
+        other.__dict__.update(self.__dict__)
+        if vocoder not in VOCODERS or (vocoder == "neural" and self.neural_vocoder is None):
+            raise SQVAEError(f"cannot compare with vocoder '{vocoder}'" + (" without --vocoder-model" if vocoder == "neural" else ""))
+        other.vocoder = vocoder
+        return other
 
     def convert(self, src: Source, target: str) -> tuple[np.ndarray, np.ndarray]:
         mel = self.decode(src.mel, target)
@@ -234,7 +263,8 @@ def run_conversion(
     feats: str | Path | None = None, data: str | Path | None = None, f0_stats: str | Path | None = None,
     f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
     progress: bool = True, title: str | None = None, where: str = "conversion list", f0_norm: str = "speaker",
-    similarity_data: str | Path | None = None,
+    similarity_data: str | Path | None = None, vocoder_model: str | Path | None = None,
+    compare_vocoders: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Convert ``items``, write wavs, PNGs, sources, ``conversion.json`` and ``index.html``.
 
@@ -242,6 +272,9 @@ def run_conversion(
     similarity to its target and to its source speaker (:mod:`sqvae_speech.metrics.speaker`,
     as ``sqvae-speech report`` measures it) goes into ``conversion.json`` and beside its
     audio on the page.
+
+    ``vocoder_model``: the neural vocoder file (``train-vocoder``'s ``vocoder.pt``), needed
+    when ``vocoder`` or one of ``compare_vocoders`` is ``"neural"``.
 
     Returns the manifest entries. Everything is checked (output names, speakers, sources,
     lengths, F0 statistics) before the first file is written.
@@ -255,12 +288,23 @@ def run_conversion(
     check_output_names(items, where)  # OUT/<name>.wav and .png: never a path out of OUT
     model, cfg, step, ckpt = load_model(exp)
     stats = read_f0_stats(f0_stats) if f0_stats else packaged_f0_stats(ckpt)
-    conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm)
+    others = [v for v in dict.fromkeys(compare_vocoders) if v != vocoder]
+    net = None
+    if "neural" in (vocoder, *others):
+        if vocoder_model is None:
+            raise SQVAEError("the neural vocoder needs --vocoder-model, the vocoder.pt written by `sqvae-speech train-vocoder`")
+        from .neural import load_vocoder
+
+        net = load_vocoder(vocoder_model, device)
+    conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm, net)
+    extra = [conv.with_vocoder(v) for v in others]
     for n, it in enumerate(items, 1):
         conv.check_target(it.target, f"{where} row {n} ('{it.name}')")
-    sources = load_sources([it.source for it in items], cfg.features, feats, data, vocoder == "world", where)
+    need_audio = any(c.vocoder != "griffinlim" for c in (conv, *extra))
+    sources = load_sources([it.source for it in items], cfg.features, feats, data, need_audio, where)
     for it in items:
-        conv.check_f0(sources[it.source], it.target)
+        for c in (conv, *extra):
+            c.check_f0(sources[it.source], it.target)
     refs = None
     if similarity_data is not None:
         from ..metrics.heldout import ReferenceVoices
@@ -280,15 +324,21 @@ def run_conversion(
         if src.wav is not None:  # a source given by its features alone has no recording to play
             write_wav(out_dir / "sources" / f"{name}.wav", peak_limit(src.wav), sr)
             page.append(PageItem(group, row, "recorded", f"sources/{name}.wav", png))
-        write_wav(out_dir / "sources" / f"{name}.{vocoder}.wav", match_loudness(conv.vocode(src, src.mel, None, 0), src), sr)
-        page.append(PageItem(group, row, f"{vocoder} only", f"sources/{name}.{vocoder}.wav",
-                             None if src.wav is not None else png))
+        for c in (conv, *extra):
+            v = c.vocoder
+            write_wav(out_dir / "sources" / f"{name}.{v}.wav", match_loudness(c.vocode(src, src.mel, None, 0), src), sr)
+            page.append(PageItem(group, row, f"{v} only", f"sources/{name}.{v}.wav",
+                                 None if src.wav is not None or c is not conv else png))
     manifest = []
     for it in tqdm(items, desc="convert", unit="item", disable=None if progress else True):
         src = sources[it.source]
         wav, mel = conv.convert(src, it.target)
         wav = match_loudness(wav, src)
         write_wav(out_dir / f"{it.name}.wav", wav, sr)
+        alternatives = []
+        for c in extra:
+            write_wav(out_dir / f"{it.name}.{c.vocoder}.wav", match_loudness(c.vocode(src, mel, it.target, 1), src), sr)
+            alternatives.append((c.vocoder, f"{it.name}.{c.vocoder}.wav"))
         t = mel.shape[1]
         reference = src.mel[:, 1 : 1 + t]
         recon = src.speaker == it.target
@@ -297,6 +347,8 @@ def run_conversion(
         entry: dict[str, Any] = {"name": it.name, "source": it.source, "source_speaker": src.speaker,
                                  "target": it.target, "reconstruction": recon, "wav": f"{it.name}.wav",
                                  "png": f"{it.name}.png", "seconds": round(wav.size / sr, 3), "silent_source": src.silent}
+        if alternatives:
+            entry["other_vocoders"] = dict(alternatives)
         if recon:
             entry["mse_db2"] = float(((mel - reference) ** 2).sum() * top_db**2 / (mel.shape[0] * t))
             panels.append((f"difference (dB), dB^2 MSE {entry['mse_db2']:.1f}", mel - reference))
@@ -306,9 +358,12 @@ def run_conversion(
         if refs is not None and not src.silent:
             entry["similarity"] = similarity(refs, wav, sr, it.target, src, str(out_dir / entry["wav"]))
             caption += "; " + ", ".join(f"{v:.2f} like {k}" for k, v in entry["similarity"].items())
-        page.append(PageItem(src.speaker or "(unknown speaker)", src.label, it.target, entry["wav"], entry["png"], caption))
+        page.append(PageItem(src.speaker or "(unknown speaker)", src.label, it.target, entry["wav"], entry["png"], caption,
+                             tuple(alternatives)))
         manifest.append(entry)
     atomic_write_json(out_dir / MANIFEST, {"exp": str(exp), "checkpoint": str(ckpt), "step": step, "vocoder": vocoder,
+                                           "other_vocoders": others,
+                                           "vocoder_model": str(vocoder_model) if net is not None else None,
                                            "f0_stats": str(f0_stats) if f0_stats else ("packaged" if stats else None), "f0_norm": f0_norm,
                                            "seconds": round(time.time() - t0, 1), "items": manifest})
     targets = list(dict.fromkeys(it.target for it in items))
@@ -316,6 +371,9 @@ def run_conversion(
              f"source as recorded, the source through the vocoder alone, then the source decoded as each target speaker "
              f"(its own speaker = reconstruction), each scaled to the loudness (RMS) of its source recording. "
              f"Spectrograms: source, decoded, and for reconstructions the difference.")
+    if extra:
+        notes += (f" Under each output, the same decoded spectrogram through {', '.join(c.vocoder for c in extra)}, "
+                  "for comparing the vocoders on the same items.")
     scored = [m for m in manifest if not m["reconstruction"] and "similarity" in m and m["source_speaker"]]
     if scored:
         closer = sum(m["similarity"][m["target"]] > m["similarity"][m["source_speaker"]] for m in scored)
@@ -323,7 +381,7 @@ def run_conversion(
                   f"embedding of a speaker's held-out recordings in {similarity_data}; {closer} of {len(scored)} "
                   f"conversions are closer to their target than to their source speaker.")
     write_page(out_dir, page, title or f"SQ-VAE voice conversion: {Path(exp).name}", notes,
-               columns=["recorded", f"{vocoder} only", *targets])
+               columns=["recorded", f"{vocoder} only", *(f"{c.vocoder} only" for c in extra), *targets])
     return manifest
 
 

@@ -50,6 +50,7 @@ class PageItem:
     audio: str  # relative path of a wav file
     image: str | None = None  # relative path of a png/jpg (spectrogram), optional
     caption: str = ""
+    alternatives: tuple[tuple[str, str], ...] = ()  # (label, relative wav path): the same item otherwise rendered
 
 
 def _check_relative(path: str, out_dir: Path, what: str) -> str:
@@ -94,6 +95,9 @@ def render_page(items: Sequence[PageItem], title: str, notes: str = "", columns:
                 cell = [f'<audio controls preload="metadata" src="{e(quote(it.audio))}"></audio>']
                 if it.caption:
                     cell.append(f'<div class="caption">{e(it.caption)}</div>')
+                for label, alt in it.alternatives:
+                    cell.append(f'<div class="caption">{e(label)}:</div>'
+                                f'<audio controls preload="metadata" src="{e(quote(alt))}"></audio>')
                 if it.image:
                     src = e(quote(it.image))
                     cell.append(f'<a href="{src}"><img src="{src}" alt="{e(f"{row} {c}")} spectrogram"></a>')
@@ -121,7 +125,8 @@ def write_page(
     for it in items:
         audio = _check_relative(it.audio, out_dir, "audio file")
         image = _check_relative(it.image, out_dir, "image") if it.image else None
-        checked.append(dataclasses.replace(it, audio=audio, image=image))
+        alts = tuple((label, _check_relative(a, out_dir, "audio file")) for label, a in it.alternatives)
+        checked.append(dataclasses.replace(it, audio=audio, image=image, alternatives=alts))
     path = out_dir / INDEX
     atomic_write_text(path, render_page(checked, title, notes, columns))
     return path
