@@ -18,6 +18,7 @@ from sqvae_speech.corpora import fishfillets as ff
 from sqvae_speech.data.datadir import read_datadir, validate_datadir
 from sqvae_speech.data.featstore import FeatureStore
 from sqvae_speech.errors import SQVAEError
+from sqvae_speech.synthesis.neural import load_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,6 +152,12 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 """
 
 
+TINY_VOCODER_CONFIG = """\
+vocoder: {channels: 16, layers: 2}
+train: {steps: 6, batch_size: 4, segment_frames: 50, utts_per_speaker: 2, checkpoint_every: 3, log_every: 3}
+"""
+
+
 def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     """Stages 0-8 on real speech: data dirs, features, two models trained, evaluated, compared,
     converted, exported, packaged and reported; the model file then encodes audio files as
@@ -159,7 +166,9 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     # it at this repository's tools and virtual environment.
     recipe = copy_recipe("fishfillets", tmp_path)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    (recipe / "conf" / "tiny_vocoder.yaml").write_text(TINY_VOCODER_CONFIG)
     opts = ["--corpus-dir", str(sound_dir), "--stage", "0", "--stop-stage", "8", "--report-utts", "4",
+            "--vocoder-config", "conf/tiny_vocoder.yaml",
             "--max-utts-per-speaker", "6", "--test-per-speaker", "3", "--nj", "2", "--config", "conf/tiny.yaml",
             "--convert-per-speaker", "1", "--flite-voices", "awb,slt", "--flite-sentences", "12"]
     r = _run_recipe(recipe, *opts)
@@ -192,14 +201,21 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     table = (recipe / "exp" / "RESULTS.md").read_text()
     assert "Gaussian SQ-VAE (IV)" in table and "VQ-VAE w/ EMA" in table and table in r.stdout
     assert (recipe / "exp" / "curves.png").stat().st_size > 10_000
-    # stage 5: for each model, 4 sources x 4 targets, each a 16 kHz wav and a spectrogram, on one page
+    # stage 3 also trained the neural vocoder on the training audio
+    vocoder = load_vocoder(recipe / "exp" / "vocoder" / "vocoder.pt")
+    assert vocoder.step == 6 and (recipe / "exp" / "vocoder" / ".done").is_file()
+    # stage 5: for each model, 4 sources x 4 targets, each a 16 kHz wav through the neural vocoder (and
+    # through WORLD and Griffin-Lim beside it) and a spectrogram, on one page
     for variant in ("gaussian_4", "vqvae_ema"):
         conv = recipe / "exp" / variant / "conversion"
-        assert len(json.loads((conv / "conversion.json").read_text())["items"]) == 16
+        manifest = json.loads((conv / "conversion.json").read_text())
+        assert manifest["vocoder"] == "neural" and manifest["other_vocoders"] == ["world", "griffinlim"]
+        assert len(manifest["items"]) == 16
         page = (conv / "index.html").read_text()
         wavs = sorted(conv.glob("*.wav"))
-        assert len(wavs) == 16 and all(w.name in page for w in wavs)
+        assert len(wavs) == 48 and all(w.name in page for w in wavs)
         assert all(soundfile.info(w).samplerate == 16000 for w in wavs)
+        assert all(set(it["other_vocoders"]) == {"world", "griffinlim"} for it in manifest["items"])
     # stage 6: ZeroSpeech text export of every held-out utterance, bitrate, ABX table
     for variant in ("gaussian_4", "vqvae_ema"):
         zs = recipe / "exp" / variant / "zerospeech" / "quantized"
@@ -234,7 +250,8 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     for e in report["experiments"]:
         assert e["units"]["num_phones"] > 30 and e["abx"]["z_q"]["within"] >= 0
         assert e["probe"]["z_q"]["test_frames"] > 0 and e["conversion"]["total"] == 12
-    assert len(report["resynthesis"]) == 6 and len(report["resynthesis_utterances"]) == 4
+    assert len(report["resynthesis"]) == 9 and len(report["resynthesis_utterances"]) == 4  # 3 vocoders x (1 + 2)
+    assert [row["vocoder"] for row in report["resynthesis"][:3]] == ["neural", "world", "griffinlim"]
     assert "report: exp/report/report.html" in r.stderr and (recipe / "exp" / "report" / "report.md").is_file()
 
     stamps = {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
@@ -247,6 +264,7 @@ def test_recipe_end_to_end(sound_dir: Path, tmp_path: Path) -> None:
     assert "feats/train/.done exists: skipping" in r.stderr
     assert "feats/test/.done exists: skipping" in r.stderr
     assert "exp/gaussian_4/.done exists: skipping" in r.stderr
+    assert "exp/vocoder/.done exists: skipping" in r.stderr
     assert "feats/train/.f0_stats.done exists" in r.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in (recipe / "feats").rglob("*") if p.is_file()}
     assert ckpts == {p: p.stat().st_mtime_ns for p in (recipe / "exp").rglob("*.pt")}

@@ -20,8 +20,10 @@ variants="gaussian_4 vqvae_ema"  # models to train: any quantizer name (gaussian
 seeds=""                 # train each variant once per seed, e.g. "0 1 2" (exp/<variant>_seed<N>); empty: the config's seed (exp/<variant>)
 steps=0                  # training steps per variant; 0: the config's train.steps
 exp=exp                  # experiment root: one dir per variant (and seed)
+vocoder_config=../conf/vocoder_cpu.yaml  # stage 3: the neural vocoder's config (../conf/vocoder_gpu.yaml on a GPU)
+train_vocoder=true       # stage 3: also train the neural vocoder (exp/vocoder); false: stages 5 and 8 use WORLD / Griffin-Lim only
 convert_per_speaker=2    # stage 5: held-out source utterances per main speaker (each >= 1.5 s if possible)
-vocoder=world            # stage 5: world (F0 from the source, converted to the target) or griffinlim
+vocoder=neural           # stage 5: neural (the vocoder of stage 3), world (F0 from the source, converted to the target) or griffinlim
 f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own log-F0 statistics (utterance) or the source speaker's (speaker)
 flite_dir=""             # stage 6: flite unpacked by tools/fetch_flite.sh; empty: $SQVAE_ROOT/tools/flite
 flite_voices=awb,rms,slt,kal16  # stage 6: English TTS voices of the ABX set, one speaker each
@@ -31,10 +33,11 @@ report_utts=12           # stage 8: held-out utterances scored for resynthesis, 
 help_message="Usage: $0 [options]
 Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
 2 features (feats/train, feats/test), 3 train each variant (exp/<variant>, or
-exp/<variant>_seed<N> with --seeds), 4 evaluate on feats/test and print the comparison,
+exp/<variant>_seed<N> with --seeds) and the neural vocoder (exp/vocoder/vocoder.pt), 4 evaluate on feats/test and print the comparison,
 mean +- std over seeds (exp/RESULTS.md, exp/curves.png),
 5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by
 every run, with a listening page (exp/<variant>/conversion/index.html) and speaker similarity,
+each item also through the other vocoders,
 6 ZeroSpeech 2019 export + bitrate of feats/test, ABX on an English flite set
 (exp/<variant>/abx.md), 7 the first variant (its first seed) packaged into one model file
 with its F0 statistics and results (exp/<variant>.pt, model card exp/<variant>.md),
@@ -47,6 +50,7 @@ SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/log.sh"
 . "$SQVAE_ROOT/tools/recipe_helpers.sh"
 
+case $train_vocoder in true|false) ;; *) log "error: --train-vocoder takes true or false, not '$train_vocoder'"; exit 1;; esac
 require_uint stage stop_stage nj test_per_speaker max_utts_per_speaker steps convert_per_speaker flite_sentences \
   report_utts
 # Paths given on the command line are relative to where the user is; the recipe works
@@ -101,6 +105,12 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     once $exp/$r/.done sqvae-speech train --config "$config" --feats feats/train --exp $exp/$r --variant ${r%_seed*} \
       $train_args $seed_args --resume
   done
+  if [ "$train_vocoder" = true ]; then
+    log "Stage 3: train the neural vocoder (exp/vocoder) with $vocoder_config"
+    # log-mel + F0 -> speech, on 50 clips per speaker of the training audio; --resume as above
+    once exp/vocoder/.done sqvae-speech train-vocoder --config "$vocoder_config" --data data/train --feats feats/train \
+      --exp exp/vocoder --nj $nj --resume
+  fi
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -119,12 +129,21 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # Harvest F0 of 50 clips per speaker (~3 min of speech each): ~75 s on 2 idle cores.
   once feats/train/.f0_stats.done sqvae-speech f0-stats data/train feats/train/f0_stats.json --nj $nj \
     --max-utts-per-speaker 50 --no-progress
+  # every item through each vocoder on the page; the neural one needs stage 3's vocoder.pt
+  if [ -f exp/vocoder/vocoder.pt ]; then
+    voc_opts="--vocoder $vocoder --vocoder-model exp/vocoder/vocoder.pt --compare-vocoders neural,world,griffinlim"
+  elif [ "$vocoder" = neural ]; then
+    log "no exp/vocoder/vocoder.pt (stage 3 with --train-vocoder true writes it): converting with WORLD"
+    voc_opts="--vocoder world --compare-vocoders griffinlim"
+  else
+    voc_opts="--vocoder $vocoder --compare-vocoders world,griffinlim"
+  fi
   for v in $runs; do
     # every main speaker's first held-out clips, decoded as every main speaker (itself included),
     # each output's speaker similarity to the held-out recordings of its target and source
     sqvae-speech convert --exp $exp/$v --make-list data/test --speakers cs-m,cs-v,nl-m,nl-v \
       --per-speaker $convert_per_speaker --feats feats/test --f0-stats feats/train/f0_stats.json \
-      --vocoder $vocoder --f0-norm $f0_norm --similarity data/test --out $exp/$v/conversion --no-progress
+      $voc_opts --f0-norm $f0_norm --similarity data/test --out $exp/$v/conversion --no-progress
     log "listening page: $exp/$v/conversion/index.html"
   done
 fi
@@ -167,6 +186,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   opts=""  # the phone-labelled set of stage 6 and the F0 statistics of stage 5, when they exist
   if [ -f data/flite/phones.ctm ]; then opts="--phone-feats feats/flite --alignment data/flite/phones.ctm"; fi
   if [ -f feats/train/f0_stats.json ]; then opts="$opts --f0-stats feats/train/f0_stats.json"; fi
+  if [ -f exp/vocoder/vocoder.pt ]; then opts="$opts --vocoder-model exp/vocoder/vocoder.pt"; fi
   sqvae-speech report $exps --out $exp/report --data data/test --feats feats/test $opts \
     --resynth-utts $report_utts --nj $nj --no-progress
   log "report: $exp/report/report.html (tables: $exp/report/report.md)"
