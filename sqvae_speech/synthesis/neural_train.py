@@ -63,6 +63,12 @@ class VocoderTrainConfig(ConfigBase):
     seed: int = 0
     utts_per_speaker: int = 50  # evenly spaced training utterances per speaker; 0: all
     f0_method: str = "harvest"
+    # Fine-tuning on the SQ-VAE's own output (HiFi-GAN's and bshall/ZeroSpeech's practice):
+    # this share of the windows takes the mel that model `decoded_from` (an experiment dir,
+    # checkpoint or model file) reconstructs from the recording, instead of the recording's
+    # own; the target stays the recording. 0: real mels only.
+    decoded_from: str = ""
+    decoded_share: float = 0.0
     mixed_precision: str = "no"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -74,6 +80,9 @@ class VocoderTrainConfig(ConfigBase):
         _check(self.lr > 0 and self.grad_clip > 0, "train.lr and train.grad_clip must be positive")
         _check(self.utts_per_speaker >= 0, "train.utts_per_speaker must be >= 0")
         _check(self.f0_method in ("harvest", "dio"), "train.f0_method must be harvest or dio")
+        _check(0.0 <= self.decoded_share <= 1.0, "train.decoded_share must be in [0, 1]")
+        _check(self.decoded_share == 0.0 or bool(self.decoded_from),
+               "train.decoded_share > 0 needs train.decoded_from (the SQ-VAE whose output the vocoder learns)")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16")
         _check(self.checkpoint_every > 0 and self.keep_checkpoints > 0 and self.log_every > 0,
                "train.checkpoint_every, keep_checkpoints and log_every must be positive")
@@ -110,6 +119,7 @@ class Clip:
     mel: np.ndarray  # [n_mels, T] float32
     f0: np.ndarray  # [T] float32 Hz
     pulses: np.ndarray  # [(T - 1) * hop] float32
+    decoded: np.ndarray | None = None  # [n_mels, T] the SQ-VAE's reconstruction of `mel` (train.decoded_from)
 
 
 def _f0_job(job: tuple[str, str, float | None, float | None, dict[str, Any], str]) -> tuple[str, np.ndarray | None, str]:
@@ -206,13 +216,35 @@ def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConf
                              f"{1 + wav.size // fc.hop_length}; re-extract the features of this data dir")
         n = (t - 1) * fc.hop_length
         clips.append(Clip(u, wav[:n].astype(np.float32), mel, f0, excitation(f0, fc)))
+    if tc.decoded_share > 0:
+        add_decoded(clips, tc.decoded_from, fc, dd.utt2spk)
     return clips, fc
 
 
+def add_decoded(clips: Sequence[Clip], model_path: str, features: FeatureConfig, utt2spk: dict[str, str]) -> None:
+    """Each clip's ``decoded``: the SQ-VAE ``model_path``'s reconstruction of its mel (decoded as
+    its own speaker, placed on the clip's frames as the vocoders place it: offset 1, edges held)."""
+    from ..checkpoint import load_model
+    from .convert import Converter
+    from .vocoders import align_frames
+
+    model, cfg = load_model(model_path)[:2]
+    if cfg.features != features:
+        raise SQVAEError(f"train.decoded_from {model_path} was trained on other features than the vocoder's")
+    conv = Converter(model, features, "griffinlim")
+    for c in clips:
+        spk = utt2spk[c.utt]
+        if spk not in conv.speakers:
+            raise SQVAEError(f"train.decoded_from {model_path} does not know speaker '{spk}' of {c.utt}; use a model "
+                             "trained on this data")
+        c.decoded = align_frames(conv.decode(c.mel, spk), c.mel.shape[1], 1).astype(np.float32)
+
+
 def sample_batch(clips: Sequence[Clip], eligible: np.ndarray, batch_size: int, frames: int, hop: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+                 rng: np.random.Generator, decoded_share: float = 0.0) -> tuple[torch.Tensor, ...]:
     """``batch_size`` random windows: mel ``[B, n_mels, S]``, F0 ``[B, S]``, audio and pulses
-    ``[B, (S - 1) * hop]``, S = ``frames``; utterances drawn in proportion to their length."""
+    ``[B, (S - 1) * hop]``, S = ``frames``; utterances drawn in proportion to their length.
+    A window takes the clip's ``decoded`` mel with probability ``decoded_share``."""
     weights = np.array([clips[i].mel.shape[1] - frames + 1 for i in eligible], dtype=np.float64)
     ids = rng.choice(eligible, size=batch_size, p=weights / weights.sum())
     mels, f0s, ys, ps = [], [], [], []
@@ -220,7 +252,8 @@ def sample_batch(clips: Sequence[Clip], eligible: np.ndarray, batch_size: int, f
     for i in ids:
         c = clips[i]
         t0 = int(rng.integers(0, c.mel.shape[1] - frames + 1))
-        mels.append(c.mel[:, t0: t0 + frames])
+        use_decoded = decoded_share > 0 and rng.random() < decoded_share and c.decoded is not None
+        mels.append((c.decoded if use_decoded else c.mel)[:, t0: t0 + frames])
         f0s.append(c.f0[t0: t0 + frames])
         ys.append(c.audio[t0 * hop: t0 * hop + n])
         ps.append(c.pulses[t0 * hop: t0 * hop + n])
@@ -318,7 +351,8 @@ def _train(cfg: VocoderExperimentConfig, data_dir: str | Path, feats_dir: str | 
         while step < end_step:
             rng = np.random.default_rng([tc.seed, step, rank])
             mel, f0, y, pulses = (x.to(accelerator.device) for x in
-                                  sample_batch(clips, eligible, tc.batch_size, tc.segment_frames, fc.hop_length, rng))
+                                  sample_batch(clips, eligible, tc.batch_size, tc.segment_frames, fc.hop_length, rng,
+                                               tc.decoded_share))
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
             noise = torch.randn(y.shape, generator=gen).to(accelerator.device)
             with accelerator.autocast():
