@@ -4,8 +4,8 @@
         [--reps N] [--threads N] [--nj N] [--quick] [--out bench/results.json]
 
 Prepares the embedded corpus (data dirs + feature stores) in a scratch dir, then runs
-the benchmarks in this order: extract, train, quantizer, eval, encode, report, abx, utterances,
-as_run, allocator (utterances and allocator set the process-wide malloc option that
+the benchmarks in this order: extract, train, quantizer, eval, encode, report, vocoder, abx,
+utterances, as_run, allocator (utterances and allocator set the process-wide malloc option that
 training sets; as_run runs each side in fresh processes of its own). Prints
 one line per figure as it comes and a table at the end; writes ``bench/results.json``
 (one object per figure: name, unit, ours, reference, ratio, target, passed, config, note;
@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 import torch
 from common import Result, machine, table
 
-BENCHMARKS = ("extract", "train", "quantizer", "eval", "encode", "report", "abx", "utterances", "as_run", "allocator")
+BENCHMARKS = ("extract", "train", "quantizer", "eval", "encode", "report", "vocoder", "abx", "utterances", "as_run",
+              "allocator")
 
 
 class Context:
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare(ctx, need_train_feats="extract" not in only)
     modules = {"extract": "bench_extract", "train": "bench_train", "quantizer": "bench_quantizer",
                "utterances": "bench_utterances", "eval": "bench_eval", "encode": "bench_encode", "report": "bench_report",
+               "vocoder": "bench_vocoder",
                "as_run": "bench_as_run", "allocator": "bench_allocator"}
     results: list[Result] = []
     errors: list[str] = []

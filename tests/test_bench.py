@@ -315,3 +315,48 @@ def test_report_score_check_catches_a_difference():
     same["u"][None, "world"]["pesq_wb"] = 2.5
     with pytest.raises(AssertionError, match="differ for 1 of 1"):
         bench_report.check_same_scores(ours, same)
+
+
+def test_vocoder_figures_run_on_real_files(speech_files, tmp_path):
+    """bench_vocoder end to end in quick mode (real files: 4 training clips, 1 held-out
+    utterance, a small vocoder, 1 timed step and round, 4 Griffin-Lim iterations): the
+    training step and the one-thread speed of neural, Griffin-Lim and WORLD come out
+    with the fields bench/README.md describes, and the thread counts are restored."""
+    import bench_vocoder
+
+    from sqvae_speech.config import FeatureConfig
+    from sqvae_speech.data.featstore import write_featstore
+    from sqvae_speech.synthesis.neural import NeuralVocoderConfig
+    from sqvae_speech.synthesis.neural_train import VocoderTrainConfig
+
+    cfg = FeatureConfig()
+    wav, items = {}, []
+    for spk in ("cs-m", "nl-v"):
+        for p in speech_files[spk][2:4]:
+            utt = f"{spk}_{p.stem}"
+            wav[utt] = str(p)
+            items.append((utt, spk, logmel(load_audio(p, 16000), 16000, cfg)))
+    for part in ("train", "test"):
+        write_datadir(tmp_path / "data" / part, wav, {u: u.split("_")[0] for u in wav})
+    write_featstore(tmp_path / "feats", sorted(items), cfg)
+    ctx = _Ctx(None)
+    ctx.data_dir, ctx.work, ctx.threads = tmp_path / "data", tmp_path, 1
+    ctx.train_feats = ctx.test_feats = tmp_path / "feats"
+    ctx.args = type("Args", (), {"quick": True})()
+    threads = torch.get_num_threads()
+    results = bench_vocoder.run(ctx, gl_iters=4, train_steps=1, utts_per_speaker=2,
+                                vocoder=NeuralVocoderConfig(channels=16, layers=2),
+                                train=VocoderTrainConfig(batch_size=2, segment_frames=20))
+    assert torch.get_num_threads() == threads
+    step, rtf, vs_world = results
+    assert [r.name for r in results] == [r.name for r in ctx.logged] == [
+        "vocoder_train_step", "vocoder_rtf_1core", "vocoder_rtf_1core_vs_world"]
+    assert step.unit == "ms" and step.ours > 0 and step.reference is None and step.passed is None
+    assert step.config["clips"] == 4 and step.config["batch_size"] == 2 and len(step.config["step_s_all"]) == 1
+    assert step.config["steps_per_10_min"] == pytest.approx(600e3 / step.ours, rel=1e-2)
+    assert rtf.unit == vs_world.unit == "x real time" and rtf.target == "ours >= 20x rt" and rtf.passed is not None
+    assert rtf.config["threads"] == 1 and rtf.config["utterances"] == 1 and rtf.config["gl_iters"] == 4
+    assert set(rtf.config["cpu_per_wall"]) == {"neural", "griffinlim", "world"}
+    assert rtf.ours == vs_world.ours > 0 and rtf.reference > 0 and vs_world.reference > 0
+    assert rtf.ratio == pytest.approx(rtf.config["neural_vs_griffinlim"], rel=1e-6)
+    assert vs_world.ratio == pytest.approx(rtf.config["neural_vs_world"], rel=1e-6)
