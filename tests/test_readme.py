@@ -44,7 +44,9 @@ def blocks(lang: str) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, real_featstore, speech_files) -> Path:
     """A dir laid out as after `make demo`, plus the recordings the README names."""
+    from sqvae_speech.config import FeatureConfig
     from sqvae_speech.modelfile import write_model_file
+    from sqvae_speech.synthesis.neural import NeuralVocoder, NeuralVocoderConfig, save_vocoder
     from sqvae_speech.synthesis.f0 import compute_f0_stats, write_f0_stats
     from sqvae_speech.train import train
 
@@ -58,6 +60,8 @@ def demo_dir(tmp_path_factory, real_featstore, speech_files) -> Path:
     stats = compute_f0_stats(root / "f0data", nj=1, method="dio", progress=False)
     write_f0_stats(root / "f0_stats.json", stats)
     write_model_file(exp / "gaussian_4", exp / "gaussian_4.pt", f0_stats=root / "f0_stats.json")
+    # the neural vocoder stage 3 trains (here a small untrained one: the README's calls, not its quality)
+    save_vocoder(exp / "vocoder" / "vocoder.pt", NeuralVocoder(NeuralVocoderConfig(channels=16, layers=2), FeatureConfig()), 0)
     # recordings "not in any corpus": real speech, re-recorded at other rates and layouts
     x = load_audio(speech_files["cs-m"][0], 44100)
     sf.write(root / "my_recording.wav", np.stack([x, 0.5 * x], axis=1), 44100)  # stereo 44.1 kHz
@@ -99,6 +103,7 @@ def test_own_audio_shell_block_runs(demo_dir):
     assert (demo_dir / "units" / "a.units").is_file() and (demo_dir / "units" / "units.txt").is_file()
     assert (demo_dir / "feats" / "a.txt").is_file() and (demo_dir / "feats" / "b.txt").is_file()
     assert (demo_dir / "a_cs-v.wav").is_file() and (demo_dir / "converted" / "a_to_nl-v.wav").is_file()
+    assert (demo_dir / "converted_neural" / "a_to_nl-v.wav").is_file()
     assert (demo_dir / "vqvae_ema.pt").is_file() and (demo_dir / "vqvae_ema.md").is_file()
 
 
