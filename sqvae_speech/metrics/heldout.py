@@ -132,9 +132,13 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], nj: int) -> Any:
         return
     from concurrent.futures import ProcessPoolExecutor
 
-    from ..data.workers import worker_context
+    import os
 
-    with ProcessPoolExecutor(max_workers=min(nj, len(jobs)), mp_context=worker_context()) as pool:
+    from ..data.workers import exit_with, worker_context
+
+    # exit_with: a SIGKILLed report takes its workers along instead of leaving them orphaned
+    with ProcessPoolExecutor(max_workers=min(nj, len(jobs)), mp_context=worker_context(), initializer=exit_with,
+                             initargs=(os.getpid(),)) as pool:
         yield from pool.map(fn, jobs)
 
 

@@ -294,9 +294,11 @@ def compute_f0_stats(
         results = map(_utterance_log_f0, jobs)
         pool = None
     else:
-        from ..data.workers import worker_context
+        from ..data.workers import exit_with, worker_context
 
-        pool = ProcessPoolExecutor(max_workers=nj, mp_context=worker_context())
+        # exit_with: a SIGKILLed run takes its workers along instead of leaving them orphaned
+        pool = ProcessPoolExecutor(max_workers=nj, mp_context=worker_context(), initializer=exit_with,
+                                   initargs=(os.getpid(),))
         results = pool.map(_utterance_log_f0, jobs, chunksize=8)
     try:
         for utt, log_f0, n, error in results:

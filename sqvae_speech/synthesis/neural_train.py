@@ -172,7 +172,8 @@ def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConf
     if not utts:
         raise SQVAEError(f"no utterance of {data_dir} has features in {feats_dir}: extract them first "
                          f"(`sqvae-speech extract {data_dir} {feats_dir}`)")
-    f0s = _read_f0_cache(cache, utts, tc.f0_method) if cache is not None else None
+    key = f"{tc.f0_method} sr={fc.sample_rate} hop={fc.hop_length}"  # F0 of other frames is recomputed
+    f0s = _read_f0_cache(cache, utts, key) if cache is not None else None
     if f0s is None:
         jobs = [(u, *utterance_audio(dd, u), fc.to_dict(), tc.f0_method) for u in utts]
         f0s, failed = {}, {}
@@ -202,7 +203,7 @@ def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConf
             offsets = np.cumsum([0] + [f0s[u].size for u in utts])
             with atomic_path(cache) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, utts=np.array(utts), method=np.array(tc.f0_method), offsets=offsets,
+                    np.savez(fh, utts=np.array(utts), method=np.array(key), offsets=offsets,
                              f0=np.concatenate([f0s[u] for u in utts]))
     clips = []
     for u in utts:
