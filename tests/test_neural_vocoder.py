@@ -537,3 +537,48 @@ def test_train_vocoder_command(voc_data, tmp_path, capsys):
     assert cli_main(["train-vocoder", "--data", str(tmp_path / "nowhere"), "--feats", str(voc_data["feats"]),
                      "--exp", str(tmp_path / "other2"), "--no-progress"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fine-tuning on decoded mels
+
+
+def test_decoded_from_feeds_the_sqvae_reconstructions(voc_data, tmp_path):
+    """--decoded-from: each clip carries the SQ-VAE's reconstruction of its mel, placed as the
+    vocoders place decoder output (offset 1, edges held); windows take it at decoded_share;
+    the run says which it trains on; a model that lacks a speaker of the data is refused."""
+    from sqvae_speech.synthesis.convert import Converter
+    from sqvae_speech.synthesis.vocoders import align_frames
+    from sqvae_speech.train import train
+
+    train(tiny_experiment(steps=2, checkpoint_every=2), voc_data["feats"], tmp_path / "sqvae", progress=False)
+    cfg = tiny(decoded_from=str(tmp_path / "sqvae"), decoded_share=1.0)
+    clips, _ = load_clips(voc_data["data"], voc_data["feats"], cfg.train, voc_data["f0"], progress=False)
+    model = load_model(tmp_path / "sqvae")[0]
+    conv = Converter(model, FC, "griffinlim")
+    for c in clips:
+        assert c.decoded is not None and c.decoded.shape == c.mel.shape
+        spk = c.utt.rsplit("-", 1)[0]
+        np.testing.assert_array_equal(c.decoded, align_frames(conv.decode(c.mel, spk), c.mel.shape[1], 1))
+        assert float(np.abs(c.decoded - c.mel).mean()) > 0.01  # a reconstruction, not the recording's mel
+    eligible = np.arange(len(clips))
+    for share, want in ((1.0, "decoded"), (0.0, "mel")):
+        mel = sample_batch(clips, eligible, 4, 40, HOP, np.random.default_rng(0), share)[0].numpy()
+        for row in mel:  # each window is a slice of one clip's decoded (or recorded) mel
+            assert any(any(np.array_equal(row, getattr(c, want)[:, t: t + 40])
+                           for t in range(c.mel.shape[1] - 39)) for c in clips)
+    # a real-mel-only config with decoded_share set but no model: recorded mels, no decoding
+    clips, _ = load_clips(voc_data["data"], voc_data["feats"], tiny(decoded_share=0.5).train, voc_data["f0"],
+                          progress=False)
+    assert all(c.decoded is None for c in clips)
+    # the CLI switch, through a short run
+    exp = new_exp(tmp_path / "voc", voc_data)
+    assert cli_main(["train-vocoder", "--data", str(voc_data["data"]), "--feats", str(voc_data["feats"]), "--exp",
+                     str(exp), "--decoded-from", str(tmp_path / "sqvae"), "--steps", "2", "--cpu", "--no-progress",
+                     *itertools.chain.from_iterable(("--set", o) for o in TINY + ["train.decoded_share=0.5"])]) == 0
+    assert (exp / "vocoder.pt").is_file()
+    assert "decoded_from" in (exp / "config.yaml").read_text()
+    # a clip of a speaker the SQ-VAE was not trained on cannot be reconstructed as its own voice
+    from sqvae_speech.synthesis.neural_train import add_decoded
+
+    with pytest.raises(SQVAEError, match="does not know speaker 'nobody'"):
+        add_decoded(clips[:1], str(tmp_path / "sqvae"), FC, {clips[0].utt: "nobody"})

@@ -107,9 +107,11 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   done
   if [ "$train_vocoder" = true ]; then
     log "Stage 3: train the neural vocoder (exp/vocoder) with $vocoder_config"
-    # log-mel + F0 -> speech, on 50 clips per speaker of the training audio; --resume as above
+    # log-mel + F0 -> speech, on 50 clips per speaker of the training audio, half the windows
+    # as the first run reconstructs them (what conversion feeds it); --resume as above
+    first_run=${runs# }; first_run=${first_run%% *}
     once exp/vocoder/.done sqvae-speech train-vocoder --config "$vocoder_config" --data data/train --feats feats/train \
-      --exp exp/vocoder --nj $nj --resume
+      --exp exp/vocoder --decoded-from $exp/$first_run --nj $nj --resume
   fi
 fi
 

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data dir of the training audio (wav.scp, utt2spk)")
     p.add_argument("--feats", required=True, help="feature store of the same utterances (made by `extract`)")
     p.add_argument("--exp", required=True, help="output dir (config, F0 cache, checkpoints, logs, vocoder.pt)")
+    p.add_argument("--decoded-from", metavar="MODEL",
+                   help="an SQ-VAE (experiment dir, checkpoint or model file) trained on this data: train.decoded_share "
+                        "of the windows take its reconstruction of the recording's mel (sets train.decoded_from)")
     p.add_argument("--steps", type=int, help="total training steps (overrides train.steps)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --exp")
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nj < 1:
         raise SQVAEError(f"--nj must be >= 1, got {args.nj}")
     overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    if args.decoded_from:
+        overrides.append(f"train.decoded_from={args.decoded_from}")
     cfg = resolve_vocoder_config(args.config, overrides)
     progress = not args.no_progress and os.environ.get("SQVAE_NO_PROGRESS") != "1"
     train_vocoder(cfg, args.data, args.feats, args.exp, resume=args.resume, nj=args.nj, cpu=args.cpu, progress=progress)

@@ -64,9 +64,9 @@ class VocoderTrainConfig(ConfigBase):
     utts_per_speaker: int = 50  # evenly spaced training utterances per speaker; 0: all
     f0_method: str = "harvest"
     # Fine-tuning on the SQ-VAE's own output (HiFi-GAN's and bshall/ZeroSpeech's practice):
-    # this share of the windows takes the mel that model `decoded_from` (an experiment dir,
-    # checkpoint or model file) reconstructs from the recording, instead of the recording's
-    # own; the target stays the recording. 0: real mels only.
+    # with `decoded_from` (an experiment dir, checkpoint or model file; --decoded-from) this
+    # share of the windows takes the mel that model reconstructs from the recording instead
+    # of the recording's own; the target stays the recording. Without it: real mels only.
     decoded_from: str = ""
     decoded_share: float = 0.0
     mixed_precision: str = "no"
@@ -81,8 +81,6 @@ class VocoderTrainConfig(ConfigBase):
         _check(self.utts_per_speaker >= 0, "train.utts_per_speaker must be >= 0")
         _check(self.f0_method in ("harvest", "dio"), "train.f0_method must be harvest or dio")
         _check(0.0 <= self.decoded_share <= 1.0, "train.decoded_share must be in [0, 1]")
-        _check(self.decoded_share == 0.0 or bool(self.decoded_from),
-               "train.decoded_share > 0 needs train.decoded_from (the SQ-VAE whose output the vocoder learns)")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16")
         _check(self.checkpoint_every > 0 and self.keep_checkpoints > 0 and self.log_every > 0,
                "train.checkpoint_every, keep_checkpoints and log_every must be positive")
@@ -217,7 +215,7 @@ def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConf
                              f"{1 + wav.size // fc.hop_length}; re-extract the features of this data dir")
         n = (t - 1) * fc.hop_length
         clips.append(Clip(u, wav[:n].astype(np.float32), mel, f0, excitation(f0, fc)))
-    if tc.decoded_share > 0:
+    if tc.decoded_share > 0 and tc.decoded_from:
         add_decoded(clips, tc.decoded_from, fc, dd.utt2spk)
     return clips, fc
 
@@ -330,7 +328,9 @@ def _train(cfg: VocoderExperimentConfig, data_dir: str | Path, feats_dir: str | 
         params = sum(p.numel() for p in model.parameters())
         print(f"[train-vocoder] {params / 1e6:.2f} M parameters, {len(clips)} utterances "
               f"({sum(c.audio.size for c in clips) / fc.sample_rate / 60:.1f} min) from {data_dir}, device "
-              f"{accelerator.device}, from step {start_step} to {tc.steps}", file=sys.stderr)
+              f"{accelerator.device}, from step {start_step} to {tc.steps}; " + (
+                  f"{tc.decoded_share:.0%} of the windows decoded by {tc.decoded_from}"
+                  if tc.decoded_from and tc.decoded_share > 0 else "recorded mels only"), file=sys.stderr)
     end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
     step, last_ckpt = start_step, latest
     writer = open_event_log(exp_dir, start_step) if main else None
