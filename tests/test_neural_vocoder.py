@@ -50,6 +50,7 @@ from sqvae_speech.synthesis.vocoders import deemphasis, neural, peak_limit
 
 FC = FeatureConfig()
 SR, HOP = FC.sample_rate, FC.hop_length
+KEY = "%s sr=16000 hop=160"  # the F0 cache's key: method, rate and hop
 TINY_NET = NeuralVocoderConfig(channels=16, layers=2)
 # 16 channels, 2 residual blocks, 1 s windows cut to 40 frames: ~15 ms a step on one core
 TINY = ["vocoder.channels=16", "vocoder.layers=2", "train.batch_size=2", "train.segment_frames=40",
@@ -484,7 +485,7 @@ def test_f0_cache_is_reused_and_a_damaged_one_recomputed(voc_data, tmp_path, mon
     run(tiny(steps=2), voc_data, exp)  # no cache: Harvest on every training utterance
     assert len(calls) == 4
     cache = exp / "f0.npz"
-    first = _read_f0_cache(cache, sorted(c.utt for c in voc_data["clips"]), "harvest")
+    first = _read_f0_cache(cache, sorted(c.utt for c in voc_data["clips"]), KEY % "harvest")
     assert first is not None and all(np.array_equal(first[c.utt], c.f0) for c in voc_data["clips"])
 
     def no_f0(*args, **kwargs):
@@ -499,8 +500,9 @@ def test_f0_cache_is_reused_and_a_damaged_one_recomputed(voc_data, tmp_path, mon
     # another F0 method is another cache (DIO from here on: 25 times faster than Harvest)
     run(tiny(steps=5, f0_method="dio"), voc_data, exp, resume=True)
     assert len(calls) == 4
-    dio = _read_f0_cache(cache, utts, "dio")
-    assert dio is not None and _read_f0_cache(cache, utts, "harvest") is None
+    dio = _read_f0_cache(cache, utts, KEY % "dio")
+    assert dio is not None and _read_f0_cache(cache, utts, KEY % "harvest") is None
+    assert _read_f0_cache(cache, utts, "dio sr=16000 hop=80") is None  # F0 of other frames: recomputed
     good = cache.read_bytes()
     mid = len(good) // 2  # inside the F0 values (its CRC-32 fails)
     damaged = {"truncated": good[:mid], "flipped byte": good[:mid] + bytes([good[mid] ^ 0xFF]) + good[mid + 1:],
@@ -510,7 +512,7 @@ def test_f0_cache_is_reused_and_a_damaged_one_recomputed(voc_data, tmp_path, mon
         calls.clear()
         run(tiny(steps=step, f0_method="dio"), voc_data, exp, resume=True)
         assert len(calls) == 4, what
-        again = _read_f0_cache(cache, utts, "dio")  # recomputed and rewritten
+        again = _read_f0_cache(cache, utts, KEY % "dio")  # recomputed and rewritten
         assert again is not None and all(np.array_equal(again[u], dio[u]) for u in utts), what
     assert load_vocoder(exp).step == 9 and not no_temp_files(exp)
 
@@ -582,3 +584,40 @@ def test_decoded_from_feeds_the_sqvae_reconstructions(voc_data, tmp_path):
 
     with pytest.raises(SQVAEError, match="does not know speaker 'nobody'"):
         add_decoded(clips[:1], str(tmp_path / "sqvae"), FC, {clips[0].utt: "nobody"})
+
+
+def test_vocoder_check_round_trip_takes_the_neural_vocoder(voc_data):
+    """`vocoder-check --vocoders neural --vocoder-model V`: audio -> log-mel -> neural vocoder ->
+    log-mel on real speech, the same figure as for WORLD and Griffin-Lim; without the file, a clear error."""
+    from sqvae_speech.cli.vocoder_check import round_trip
+    from sqvae_speech.data.datadir import read_datadir, utterance_audio
+
+    dd = read_datadir(voc_data["data"])
+    utts = dd.utterances[:2]
+    wavs = [load_audio(p, SR, s, e) for p, s, e in (utterance_audio(dd, u) for u in utts)]
+    model = NeuralVocoder(TINY_NET, FC)  # untrained: the prior alone already gives speech-shaped spectra
+    r = round_trip(utts, wavs, "neural", FC, f0_method="dio", model=model)
+    assert r.vocoder == "neural" and r.frames > 100 and set(r.per_utterance) == set(utts)
+    assert 0 < r.mse_db2 < 400 and np.isfinite(r.gain_matched_mse_db2)
+    with pytest.raises(SQVAEError, match="--vocoder-model"):
+        round_trip(utts, wavs, "neural", FC, f0_method="dio")
+
+
+def test_lifter_removes_harmonic_ripple_and_keeps_the_envelope():
+    """vocoder.lifter_ms: a log envelope (a formant) plus the ripple of 130 Hz harmonics comes
+    out as the envelope alone; a constant stays that constant; 0 builds no lifter."""
+    from sqvae_speech.synthesis.neural import _lifter_matrix
+
+    lifter = _lifter_matrix(512, SR, 2.5)
+    f = np.arange(257) * SR / 512
+    envelope = -(((f - 700) / 500) ** 2) / 4
+    rippled = envelope + 0.3 * np.cos(2 * np.pi * f / 130)
+    assert np.abs(lifter @ rippled - envelope)[5:200].max() < 0.03  # the ripple was 0.3
+    np.testing.assert_allclose(lifter @ np.full(257, 2.0), 2.0, atol=1e-9)
+    assert _lifter_matrix(512, SR, 0.0) is None and NeuralVocoder(TINY_NET, FC).lifter is None
+    model = NeuralVocoder(NeuralVocoderConfig(channels=16, layers=2, lifter_ms=2.5), FC)
+    mel = torch.rand(1, 80, 30) * 0.5 + 0.3
+    f0 = torch.full((1, 30), 120.0)
+    for response in model.responses(mel, f0):  # pulses and noise
+        cepstrum = torch.fft.irfft(response[0].T, n=512)  # [T, 512]: nothing left above 2.5 ms (40 samples)
+        assert cepstrum[:, 41:472].abs().max() < 1e-4 * cepstrum[:, :41].abs().max()
