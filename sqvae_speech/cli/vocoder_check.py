@@ -52,10 +52,12 @@ def mse_db2(a: np.ndarray, b: np.ndarray, top_db: float = 80.0) -> tuple[float, 
 
 
 def round_trip(utts: Sequence[str], wavs: Sequence[np.ndarray], vocoder: str, config: FeatureConfig | None = None,
-               gl_iters: int = 100, f0_method: str = "harvest", seed: int = 0) -> RoundTrip:
-    """Round-trip dB^2 MSE of ``vocoder`` over audio ``wavs [N_i]`` at ``config.sample_rate``."""
+               gl_iters: int = 100, f0_method: str = "harvest", seed: int = 0, model: Any = None) -> RoundTrip:
+    """Round-trip dB^2 MSE of ``vocoder`` over audio ``wavs [N_i]`` at ``config.sample_rate``
+    (``model``: the neural vocoder, for ``vocoder="neural"``)."""
     from ..data.features import logmel
-    from ..synthesis.vocoders import griffinlim, world, world_analyze
+    from ..synthesis.f0 import extract_f0
+    from ..synthesis.vocoders import griffinlim, neural, world, world_analyze
 
     cfg = config or FeatureConfig()
     mels = [logmel(w, cfg.sample_rate, cfg) for w in wavs]
@@ -63,6 +65,10 @@ def round_trip(utts: Sequence[str], wavs: Sequence[np.ndarray], vocoder: str, co
         outs = griffinlim(mels, cfg, n_iter=gl_iters, seed=seed)
     elif vocoder == "world":
         outs = world(mels, [world_analyze(w, cfg, f0_method) for w in wavs], None, cfg)
+    elif vocoder == "neural" and model is not None:
+        outs = neural(mels, [extract_f0(w, cfg, f0_method) for w in wavs], model, cfg, seed=seed)
+    elif vocoder == "neural":
+        raise SQVAEError("the neural vocoder's round trip needs its file: --vocoder-model")
     else:
         raise SQVAEError(f"unknown vocoder '{vocoder}'")
     sse = sse_gain = 0.0
@@ -129,7 +135,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-speaker", type=int, default=2, help="source utterances per speaker (default 2)")
     p.add_argument("--min-seconds", type=float, default=1.5, help="shortest source in seconds (default 1.5)")
     p.add_argument("--speakers", help="comma-separated speakers (default: all of --data)")
-    p.add_argument("--vocoders", default="griffinlim,world", help="round trip of these (default griffinlim,world)")
+    p.add_argument("--vocoders", default="griffinlim,world",
+                   help="round trip of these (default griffinlim,world; neural needs --vocoder-model)")
+    p.add_argument("--vocoder-model", metavar="VOCODER.pt", help="the neural vocoder (vocoder.pt of `train-vocoder`)")
     p.add_argument("--gl-iters", type=int, default=100, help="Griffin-Lim iterations (default 100)")
     p.add_argument("--f0-method", choices=("harvest", "dio"), default="harvest",
                    help="WORLD F0 estimator for the round trip (default harvest)")
@@ -169,8 +177,15 @@ def run(args: argparse.Namespace) -> int:
     wavs = [load_audio(p, cfg.sample_rate, s, e) for p, s, e in (utterance_audio(dd, u) for u in utts)]
     report: dict[str, Any] = {"data": args.data, "utterances": utts, "round_trip": []}
     print(f"(a) vocoder round trip on {len(utts)} utterances of {args.data} (audio -> log-mel -> vocoder -> log-mel)")
+    net = None
+    if "neural" in vocoders:
+        if not args.vocoder_model:
+            raise SQVAEError("--vocoders neural needs --vocoder-model (vocoder.pt of `sqvae-speech train-vocoder`)")
+        from ..synthesis.neural import load_vocoder
+
+        net = load_vocoder(args.vocoder_model)
     for v in vocoders:
-        r = round_trip(utts, wavs, v, cfg, args.gl_iters, args.f0_method)
+        r = round_trip(utts, wavs, v, cfg, args.gl_iters, args.f0_method, model=net)
         report["round_trip"].append(dataclasses.asdict(r))
         print(f"    {v:<11} dB^2 MSE {r.mse_db2:6.2f}   gain-matched {r.gain_matched_mse_db2:6.2f}   ({r.frames} frames)")
     if args.exp:
