@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-surprise", action="store_true",
                    help="also require surprise/ (the official archive holds it; this toolkit has no surprise corpus)")
     g = p.add_argument_group("synthesis (english/test/<voice>_<id>.wav for english/synthesis.txt)")
-    g.add_argument("--vocoder", choices=("world", "griffinlim"), default="world")
+    g.add_argument("--vocoder", choices=("world", "griffinlim", "neural"), default="world",
+                   help="world (default), griffinlim, or neural (needs --vocoder-model)")
+    g.add_argument("--vocoder-model", metavar="VOCODER.pt", help="neural: vocoder.pt of `sqvae-speech train-vocoder`")
     g.add_argument("--f0-stats", help="WORLD: log-F0 statistics of V001 and V002 (stage 5 of the recipe writes "
                                       "feats/train/f0_stats.json); default: those packaged with the model")
     g.add_argument("--f0-norm", choices=("utterance", "speaker"), default="utterance",
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                     args.system_description, args.auxiliary1_description, args.using_parallel_train,
                     args.using_external_data)
     s = write_submission(args.exp, args.corpus_dir, args.out, zip_path, meta, args.vocoder, args.f0_stats,
-                         args.f0_norm, args.gl_iters, args.device, not args.no_progress, _command(args))
+                         args.f0_norm, args.gl_iters, args.device, not args.no_progress, _command(args),
+                         args.vocoder_model)
     print(f"submission: {s.synthesized} file(s) synthesized ({args.vocoder}), {s.skipped_existing} already there; "
           f"{s.encoded} test file(s) the export lacked encoded; metadata.yaml"
           f"{', code/README.md' if meta.open_source else ''} written in {s.out_dir} ({s.seconds:.1f} s)")
@@ -90,6 +93,8 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that makes this submission (for the code statement)."""
     words = ["sqvae-speech", "submission", "--exp", args.exp, "--corpus-dir", args.corpus_dir, "--out", args.out,
              "--vocoder", args.vocoder]
-    if args.vocoder == "world":
+    if args.vocoder == "neural":
+        words += ["--vocoder-model", str(args.vocoder_model)]
+    if args.vocoder in ("world", "neural"):
         words += ["--f0-norm", args.f0_norm] + (["--f0-stats", args.f0_stats] if args.f0_stats else [])
     return shlex.join(words)

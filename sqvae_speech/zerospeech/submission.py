@@ -91,11 +91,12 @@ def write_submission(
     exp: str | os.PathLike, corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
     zip_path: str | os.PathLike | None = None, metadata: Metadata | None = None, vocoder: str = "world",
     f0_stats: str | os.PathLike | None = None, f0_norm: str = "utterance", gl_iters: int = 100,
-    device: str | None = None, progress: bool = True, command: str = "",
+    device: str | None = None, progress: bool = True, command: str = "", vocoder_model: str | os.PathLike | None = None,
 ) -> SubmissionSummary:
     """Complete the submission in ``out_dir`` (module docstring) with the model of ``exp``,
     pack it into ``zip_path`` (None: no zip) and validate it; the problems found are in
-    the summary (none for a valid submission)."""
+    the summary (none for a valid submission). ``vocoder="neural"`` needs ``vocoder_model``
+    (``train-vocoder``'s ``vocoder.pt``) and, like WORLD, the voices' F0 statistics."""
     from ..locks import dir_lock
 
     t0 = time.time()
@@ -104,7 +105,7 @@ def write_submission(
     out = Path(out_dir)
     with dir_lock(out, "sqvae-speech submission"):
         encoded, written, skipped = _write(exp, root, out, names, items, metadata or Metadata(), vocoder, f0_stats,
-                                           f0_norm, gl_iters, device or "cpu", progress, command)
+                                           f0_norm, gl_iters, device or "cpu", progress, command, vocoder_model)
     if zip_path is not None:
         pack_submission(out, zip_path)
     problems = validate_submission(zip_path if zip_path is not None else out, root)
@@ -114,7 +115,7 @@ def write_submission(
 
 def _write(exp: Any, root: Path, out: Path, names: list[str], items: list[SynthesisItem], meta: Metadata,
            vocoder: str, f0_stats: Any, f0_norm: str, gl_iters: int, device: str, progress: bool,
-           command: str) -> tuple[int, int, int]:
+           command: str, vocoder_model: Any = None) -> tuple[int, int, int]:
     from ..checkpoint import load_model
     from ..synthesis.convert import Converter, packaged_f0_stats
     from ..synthesis.f0 import read_f0_stats
@@ -126,17 +127,24 @@ def _write(exp: Any, root: Path, out: Path, names: list[str], items: list[Synthe
         if old is not None and Path(old.get("checkpoint", "")) != Path(ckpt).resolve():
             raise SubmissionError(f"{out / 'english' / sub} holds an export of {old.get('checkpoint')}, not of "
                                   f"{Path(ckpt).resolve()}: export this model there again (--overwrite)")
-    stats = None
-    if vocoder == "world":
+    stats, net = None, None
+    if vocoder == "neural":
+        if vocoder_model is None:
+            raise SubmissionError("--vocoder neural needs --vocoder-model, the vocoder.pt of `sqvae-speech train-vocoder`")
+        from ..synthesis.neural import load_vocoder
+
+        net = load_vocoder(vocoder_model, device)
+    if vocoder in ("world", "neural"):
         stats = read_f0_stats(f0_stats) if f0_stats and Path(f0_stats).exists() else (
             None if f0_stats else packaged_f0_stats(ckpt))
         if stats is None:
             given = f" ({f0_stats} does not exist)" if f0_stats else ""
-            raise SubmissionError(f"WORLD synthesis needs the F0 statistics of the target voices{given}: pass "
+            raise SubmissionError(f"{'WORLD' if vocoder == 'world' else 'Neural'} synthesis needs the F0 statistics "
+                                  f"of the target voices{given}: pass "
                                   "--f0-stats (stage 5 of the recipe writes feats/train/f0_stats.json with "
                                   "--vocoder world; `sqvae-speech f0-stats data/train FILE` computes them) or use "
                                   "--vocoder griffinlim")
-    conv = Converter(model, cfg.features, vocoder, stats, None, gl_iters, 0, device, f0_norm)
+    conv = Converter(model, cfg.features, vocoder, stats, None, gl_iters, 0, device, f0_norm, net)
     for voice in dict.fromkeys(it.voice for it in items):  # all checked before anything is written
         conv.check_target(voice, str(root / SYNTHESIS_LIST))
         if stats is not None:
@@ -200,7 +208,7 @@ def _synthesize(conv: Any, items: list[SynthesisItem], test_dir: Path, progress:
             stray.unlink(missing_ok=True)  # a killed run's partial file
     sr = conv.config.sample_rate
     for it in tqdm(todo, desc=f"synthesize ({conv.vocoder})", unit="file", disable=not progress or not todo):
-        src = load_sources([str(it.source)], conv.config, need_audio=conv.vocoder == "world",
+        src = load_sources([str(it.source)], conv.config, need_audio=conv.vocoder != "griffinlim",
                            where=SYNTHESIS_LIST)[str(it.source)]
         wav, _ = conv.convert(src, it.voice)
         write_wav(test_dir / it.output, match_loudness(wav, src), sr)
@@ -215,6 +223,8 @@ def metadata_fields(meta: Metadata, cfg: Any, step: int, vocoder: str, auxiliary
     q = cfg.model.quantizer
     name = MODEL_NAMES.get(cfg.model.variant, cfg.model.variant)
     vocoder_name = {"world": "WORLD (F0 of the source mapped to the voice's log-F0 statistics)",
+                    "neural": "a neural harmonic-plus-noise vocoder trained on the training audio (F0 of the source "
+                              "mapped to the voice's log-F0 statistics)",
                     "griffinlim": "Griffin-Lim"}.get(vocoder, vocoder)
     description = meta.system_description or (
         f"{name}, sqvae-speech {__version__}: a convolutional encoder of 80-band log-mel frames (10 ms) to "
