@@ -254,7 +254,7 @@ def test_recipe_end_to_end(trees: dict[str, Path], tmp_path: Path) -> None:
     items.write_text("#file onset offset #phone prev-phone next-phone speaker\n" + "".join(
         f"p225_009 {t:.2f} {t + 0.2:.2f} {ph} x y p225\n" for t, ph in ((0.05, "a"), (0.30, "b"), (0.55, "a"))))
     opts = ["--corpus-dir", str(trees["0.92"]), "--mic", "mic2", "--test-per-speaker", "1", "--nj", "1",
-            "--heldout-speakers", "p227", "--convert-per-speaker", "1", "--vocoder", "griffinlim",
+            "--heldout-speakers", "p227", "--convert-per-speaker", "1", "--vocoder", "griffinlim", "--train-vocoder", "false",
             "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema"]
     r = _run_recipe(recipe, *opts, "--abx-item", str(items))
     assert r.returncode == 0, r.stderr[-3000:]

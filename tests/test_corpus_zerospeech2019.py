@@ -196,6 +196,12 @@ train: {steps: 12, batch_size: 8, crop_frames: 16, num_workers: 0, checkpoint_ev
 """
 
 
+TINY_VOCODER_CONFIG = """
+vocoder: {channels: 16, layers: 2}
+train: {steps: 4, batch_size: 2, segment_frames: 30, utts_per_speaker: 1, checkpoint_every: 2, log_every: 2}
+"""
+
+
 def write_abx_items(path: Path, test_dir: Path) -> list[str]:
     """A tiny ABX item file on the test files: in each, two tokens of a 'phone' a and one
     of b, all in the context x_y (the audio does not hold these phones; the file only has
@@ -216,10 +222,12 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     complete submission (synthesis list, metadata, code statement) zipped and validated."""
     recipe = copy_recipe("zerospeech2019", tmp_path, REFERENCE_EVAL_LIST.name)
     (recipe / "conf" / "tiny.yaml").write_text(TINY_CONFIG)
+    (recipe / "conf" / "tiny_vocoder.yaml").write_text(TINY_VOCODER_CONFIG)
     test_files = write_abx_items(tmp_path / "test.item", corpus / "english" / "test")
     assert [f.split("_")[0] for f in test_files] == ["S002", "S002", "S003", "S003"]
     opts = ["--corpus-dir", str(corpus), "--eval-list", str(eval_list), "--nj", "1",
-            "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema", "--convert-per-speaker", "1"]
+            "--config", "conf/tiny.yaml", "--variants", "gaussian_1 vqvae_ema", "--convert-per-speaker", "1",
+            "--vocoder-config", "conf/tiny_vocoder.yaml"]
     r = _run_recipe(recipe, *opts, "--abx-item", str(tmp_path / "test.item"))
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in range(7):
@@ -250,7 +258,10 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     assert "sources: S002, S003, V001, V002; targets: V001, V002; 8 items" in r.stdout
     conv = recipe / "exp" / "gaussian_1" / "conversion"
     manifest = json.loads((conv / "conversion.json").read_text())
-    assert manifest["vocoder"] == "world" and manifest["f0_norm"] == "utterance"
+    # stage 3's neural vocoder (half its windows decoded by gaussian_1) converts; WORLD and Griffin-Lim beside it
+    assert (recipe / "exp" / "vocoder" / "vocoder.pt").is_file()
+    assert manifest["vocoder"] == "neural" and manifest["f0_norm"] == "utterance"
+    assert manifest["other_vocoders"] == ["world", "griffinlim"]
     items = manifest["items"]
     assert sorted((it["source_speaker"], it["target"]) for it in items) == sorted(
         (s, t) for s in ("S002", "S003", "V001", "V002") for t in ("V001", "V002"))
@@ -258,8 +269,9 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     assert {it["source"] for it in items if it["source_speaker"].startswith("V")} <= {
         Path(rel).name for rel, _ in json.loads(eval_list.read_text())}
     page = (conv / "index.html").read_text()
-    wavs = sorted(conv.glob("*.wav"))
-    assert len(wavs) == 8 and all(w.name in page for w in wavs)
+    wavs = sorted(conv.glob("*.wav"))  # each item through the neural vocoder, WORLD and Griffin-Lim
+    assert len(wavs) == 24 and all(w.name in page for w in wavs)
+    assert sorted(w.name for w in wavs if w.suffixes == [".wav"]) == sorted(it["wav"] for it in items)
     for w in wavs:
         info = soundfile.info(w)
         assert info.samplerate == 16000 and info.frames > 8000
@@ -321,7 +333,7 @@ def test_recipe_end_to_end(corpus: Path, eval_list: Path, tmp_path: Path, capsys
     r = _run_recipe(recipe, *opts, "--stage", "6", "--variants", "gaussian_1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("0 file(s) written, 4 already there") == 2
-    assert "submission: 0 file(s) synthesized (world), 2 already there" in r.stdout
+    assert "submission: 0 file(s) synthesized (neural), 2 already there" in r.stdout
     assert "ABX skipped: no --abx-item" in r.stderr and "--abx-item FILE" in r.stderr
     # a target speaker the model was not trained on: a clear error from `convert`, in the
     # recipe and by itself

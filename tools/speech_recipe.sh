@@ -16,9 +16,11 @@ steps=0                  # training steps per variant; 0: the config's train.ste
 launcher=sqvae-speech    # runs `train`; multi-GPU: "accelerate launch --multi_gpu --num_processes 4 -m sqvae_speech.cli"
 train_opts=""            # more `train` arguments; write --train-opts="--set train.batch_size=13" (the value starts with --)
 exp=exp                  # experiment root: one dir per variant, exp/<variant>
+vocoder_config=../conf/vocoder_cpu.yaml  # stage 3: the neural vocoder's config (../conf/vocoder_gpu.yaml: HiFi-GAN V1 size, for a GPU)
+train_vocoder=true       # stage 3: also train the neural vocoder (exp/vocoder); false: stage 5 uses WORLD and Griffin-Lim only
 convert_per_speaker=2    # stage 5: source utterances per speaker (each >= 1.5 s if possible)
-vocoder=world            # stage 5: world (F0 from the source, converted to the target) or griffinlim
-f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own log-F0 statistics (utterance) or the source speaker's (speaker)
+vocoder=neural           # stage 5: neural (stage 3's), world (F0 from the source, converted to the target) or griffinlim
+f0_norm=utterance        # stage 5: WORLD / neural F0 mapping from each utterance's own log-F0 statistics (utterance) or the source speaker's (speaker)
 abx_item=""              # stage 6: ABX item file on the utterances of data/test (#file = utterance id); empty: no ABX
 
 . "$SQVAE_ROOT/tools/parse_options.sh"
@@ -26,7 +28,8 @@ abx_item=""              # stage 6: ABX item file on the utterances of data/test
 . "$SQVAE_ROOT/tools/recipe_helpers.sh"
 
 require_uint stage stop_stage nj max_utts_per_speaker steps convert_per_speaker
-require_one_of vocoder world griffinlim
+require_one_of vocoder neural world griffinlim
+require_one_of train_vocoder true false
 require_one_of f0_norm utterance speaker
 # A path on the command line is relative to where the user is (the recipe then works in
 # its own dir).

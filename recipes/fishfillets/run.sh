@@ -50,7 +50,8 @@ SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/log.sh"
 . "$SQVAE_ROOT/tools/recipe_helpers.sh"
 
-case $train_vocoder in true|false) ;; *) log "error: --train-vocoder takes true or false, not '$train_vocoder'"; exit 1;; esac
+require_one_of train_vocoder true false
+require_one_of vocoder neural world griffinlim
 require_uint stage stop_stage nj test_per_speaker max_utts_per_speaker steps convert_per_speaker flite_sentences \
   report_utts
 # Paths given on the command line are relative to where the user is; the recipe works
@@ -106,12 +107,8 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
       $train_args $seed_args --resume
   done
   if [ "$train_vocoder" = true ]; then
-    log "Stage 3: train the neural vocoder (exp/vocoder) with $vocoder_config"
-    # log-mel + F0 -> speech, on 50 clips per speaker of the training audio, half the windows
-    # as the first run reconstructs them (what conversion feeds it); --resume as above
     first_run=${runs# }; first_run=${first_run%% *}
-    once exp/vocoder/.done sqvae-speech train-vocoder --config "$vocoder_config" --data data/train --feats feats/train \
-      --exp exp/vocoder --decoded-from $exp/$first_run --nj $nj --resume
+    train_vocoder_stage "$vocoder_config" $exp/$first_run
   fi
 fi
 
@@ -131,15 +128,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # Harvest F0 of 50 clips per speaker (~3 min of speech each): ~75 s on 2 idle cores.
   once feats/train/.f0_stats.done sqvae-speech f0-stats data/train feats/train/f0_stats.json --nj $nj \
     --max-utts-per-speaker 50 --no-progress
-  # every item through each vocoder on the page; the neural one needs stage 3's vocoder.pt
-  if [ -f exp/vocoder/vocoder.pt ]; then
-    voc_opts="--vocoder $vocoder --vocoder-model exp/vocoder/vocoder.pt --compare-vocoders neural,world,griffinlim"
-  elif [ "$vocoder" = neural ]; then
-    log "no exp/vocoder/vocoder.pt (stage 3 with --train-vocoder true writes it): converting with WORLD"
-    voc_opts="--vocoder world --compare-vocoders griffinlim"
-  else
-    voc_opts="--vocoder $vocoder --compare-vocoders world,griffinlim"
-  fi
+  voc_opts=$(vocoder_options $vocoder)  # neural (stage 3), with WORLD and Griffin-Lim beside it on the page
   for v in $runs; do
     # every main speaker's first held-out clips, decoded as every main speaker (itself included),
     # each output's speaker similarity to the held-out recordings of its target and source

@@ -71,6 +71,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     once $exp/$v/.done $launcher train --config "$config" --feats feats/train --exp $exp/$v --variant $v \
       $train_args --resume
   done
+  if [ "$train_vocoder" = true ]; then train_vocoder_stage "$vocoder_config" $exp/$first_variant; fi
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -92,7 +93,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # holds them.
   sqvae-speech convert --exp $exp/$first_variant --make-list data/test ${heldout_speakers:+data/heldout} \
     --speakers "$heldout_speakers" --targets "$convert_speakers" --num-targets 4 --target-sources \
-    --per-speaker $convert_per_speaker --feats feats/test --vocoder $vocoder --f0-norm $f0_norm \
+    --per-speaker $convert_per_speaker --feats feats/test $(vocoder_options $vocoder) --f0-norm $f0_norm \
     --f0-stats feats/train/f0_stats.json --f0-data data/train --nj $nj \
     --out $exp/$first_variant/conversion --no-progress
   log "listening page: $exp/$first_variant/conversion/index.html"

@@ -15,7 +15,7 @@ corpus_dir=""            # the dir holding english/ (or english/ itself)
 eval_list=zerospeech2019_english_mse_evaluation.json  # the paper's dB^2 list (JSON [[path, speaker], ...]); relative: from the current dir, else the recipe dir
 convert_sources=""       # stage 5: speakers of data/test (english/test) whose utterances are converted; empty: the first 4 of data/test
 convert_targets="V001 V002"  # stage 5: training speakers to decode as (the challenge's target voices)
-synthesis_vocoder=world  # stage 6: vocoder of the submission's speech (english/synthesis.txt): world (needs stage 5's feats/train/f0_stats.json) or griffinlim
+synthesis_vocoder=neural  # stage 6: vocoder of the submission's speech (english/synthesis.txt): neural (stage 3's; WORLD without it), world (both need stage 5's feats/train/f0_stats.json) or griffinlim
 author="anonymous"       # stage 6: metadata.yaml 'author' of the submission
 affiliation="unaffiliated"  # stage 6: metadata.yaml 'affiliation' of the submission
 
@@ -34,7 +34,7 @@ exp/<variant>/submission.zip and validated; with --abx-item FILE also ABX
 
 SQVAE_ROOT=${SQVAE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SQVAE_ROOT/tools/speech_recipe.sh"  # the shared options; parses the command line
-require_one_of synthesis_vocoder world griffinlim
+require_one_of synthesis_vocoder neural world griffinlim
 
 if [ -z "$corpus_dir" ]; then
   log "error: --corpus-dir is required: the ZeroSpeech 2019 English dataset (the dir holding english/)," \
@@ -79,6 +79,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     once $exp/$v/.done $launcher train --config "$config" --feats feats/train --exp $exp/$v --variant $v \
       $train_args --resume
   done
+  if [ "$train_vocoder" = true ]; then train_vocoder_stage "$vocoder_config" $exp/$first_variant; fi
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -100,13 +101,19 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # speakers) from 50 utterances each of data/train, unless feats/train/f0_stats.json holds them.
   sqvae-speech convert --exp $exp/$first_variant --make-list data/test data/eval \
     --speakers "$convert_sources" --num-speakers 4 --targets "$convert_targets" --target-sources \
-    --per-speaker $convert_per_speaker --feats feats/test --vocoder $vocoder --f0-norm $f0_norm \
+    --per-speaker $convert_per_speaker --feats feats/test $(vocoder_options $vocoder) --f0-norm $f0_norm \
     --f0-stats feats/train/f0_stats.json --f0-data data/train --nj $nj \
     --out $exp/$first_variant/conversion --no-progress
   log "listening page: $exp/$first_variant/conversion/index.html"
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  synth_opts="--vocoder $synthesis_vocoder"  # the neural vocoder is stage 3's; without it, WORLD
+  if [ "$synthesis_vocoder" = neural ]; then
+    if [ -f exp/vocoder/vocoder.pt ]; then synth_opts="$synth_opts --vocoder-model exp/vocoder/vocoder.pt"
+    else log "no exp/vocoder/vocoder.pt (stage 3 with --train-vocoder true writes it): synthesizing with WORLD"
+      synth_opts="--vocoder world"; fi
+  fi
   log "Stage 6: ZeroSpeech 2019 submissions (english/test, bitrate${abx_item:+, ABX with $abx_item}, speech, zip)"
   for v in $variants; do
     # file names as in the corpus (S002_0379.txt): the utterance ids are the file names
@@ -116,7 +123,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     # export skipped (too short), metadata.yaml, code/README.md; zipped and validated (exit 2
     # naming each problem); a rerun keeps the files already written.
     sqvae-speech submission --exp $exp/$v --corpus-dir "$corpus_dir" --out $exp/$v/submission \
-      --vocoder $synthesis_vocoder --f0-stats feats/train/f0_stats.json --f0-norm $f0_norm \
+      $synth_opts --f0-stats feats/train/f0_stats.json --f0-norm $f0_norm \
       --author "$author" --affiliation "$affiliation" --no-progress
   done
   if [ -z "$abx_item" ]; then
