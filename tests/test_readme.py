@@ -46,8 +46,12 @@ def demo_dir(tmp_path_factory, real_featstore, speech_files) -> Path:
     """A dir laid out as after `make demo`, plus the recordings the README names."""
     from sqvae_speech.config import FeatureConfig
     from sqvae_speech.modelfile import write_model_file
-    from sqvae_speech.synthesis.neural import NeuralVocoder, NeuralVocoderConfig, save_vocoder
     from sqvae_speech.synthesis.f0 import compute_f0_stats, write_f0_stats
+    from sqvae_speech.synthesis.neural import (
+        NeuralVocoder,
+        NeuralVocoderConfig,
+        save_vocoder,
+    )
     from sqvae_speech.train import train
 
     root = tmp_path_factory.mktemp("readme")

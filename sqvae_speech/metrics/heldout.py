@@ -130,9 +130,8 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], nj: int) -> Any:
     if nj <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    from concurrent.futures import ProcessPoolExecutor
-
     import os
+    from concurrent.futures import ProcessPoolExecutor
 
     from ..data.workers import exit_with, worker_context
 
@@ -162,7 +161,13 @@ def _neural_vocoder(path: str) -> Any:
 def _score_utterance(job: tuple[Any, ...]) -> dict[tuple[str | None, str], dict[str, float]]:
     """Every system's scores on one utterance (runs in a worker process)."""
     from ..synthesis.f0 import extract_f0
-    from ..synthesis.vocoders import align_frames, griffinlim, neural, world, world_analyze
+    from ..synthesis.vocoders import (
+        align_frames,
+        griffinlim,
+        neural,
+        world,
+        world_analyze,
+    )
     from .signal import Reference, speech_quality
 
     wav, mel, decoded, vocoders, config, f0_method, gl_iters, vocoder_model = job

@@ -39,12 +39,26 @@ from ..checkpoint import (
     save_checkpoint,
     scheduler_state,
 )
-from ..config import ConfigBase, ConfigError, FeatureConfig, _check, apply_overrides, dump_yaml, load_yaml
+from ..config import (
+    ConfigBase,
+    ConfigError,
+    FeatureConfig,
+    _check,
+    apply_overrides,
+    dump_yaml,
+    load_yaml,
+)
 from ..errors import CheckpointError, DiskFullError, SQVAEError
 from ..fileio import atomic_path, atomic_write_text
 from ..locks import dir_lock, is_main_process
 from ..trainlog import log_metrics, lossy_stderr, open_event_log, trim_metrics
-from .neural import MultiResolutionSTFTLoss, NeuralVocoder, NeuralVocoderConfig, excitation, save_vocoder
+from .neural import (
+    MultiResolutionSTFTLoss,
+    NeuralVocoder,
+    NeuralVocoderConfig,
+    excitation,
+    save_vocoder,
+)
 
 KIND = "vocoder"  # checkpoints carry kind="vocoder"; the SQ-VAE loaders refuse them by it
 
@@ -199,10 +213,9 @@ def load_clips(data_dir: str | Path, feats_dir: str | Path, tc: VocoderTrainConf
                              f"{first[1]}; fix or remove them from the data dir")
         if cache is not None:
             offsets = np.cumsum([0] + [f0s[u].size for u in utts])
-            with atomic_path(cache) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, utts=np.array(utts), method=np.array(key), offsets=offsets,
-                             f0=np.concatenate([f0s[u] for u in utts]))
+            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, utts=np.array(utts), method=np.array(key), offsets=offsets,
+                         f0=np.concatenate([f0s[u] for u in utts]))
     clips = []
     for u in utts:
         path, start, end = utterance_audio(dd, u)
