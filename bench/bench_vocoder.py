@@ -6,10 +6,10 @@ inference speed on one core next to Griffin-Lim and WORLD.
   frames as :class:`~sqvae_speech.synthesis.neural_train.VocoderTrainConfig`), the
   benchmark context's threads. Clips: ``TRAIN_UTTS_PER_SPEAKER`` evenly spaced training
   utterances per speaker of the embedded corpus, loaded by
-  :func:`~sqvae_speech.synthesis.neural_train.load_clips` (audio, the feature store's
+  :func:`~sqvae_speech.synthesis.neural_data.load_clips` (audio, the feature store's
   log-mels, DIO F0: the step's cost does not depend on the F0 method, and DIO keeps the
   untimed loading short). One step is the body of ``train-vocoder``'s loop: drawing the
-  windows (:func:`~sqvae_speech.synthesis.neural_train.sample_batch`) and the noise,
+  windows (:func:`~sqvae_speech.synthesis.neural_data.sample_batch`) and the noise,
   forward, the multi-resolution STFT loss, backward, ``clip_grad_norm_``, Adam, the
   scheduler, the two ``float()`` reads of the loss terms; accelerate's wrappers, which on
   one CPU process only forward these calls, are left out. ``TRAIN_WARMUP`` untimed steps
@@ -61,12 +61,8 @@ from sqvae_speech.synthesis.neural import (
     NeuralVocoder,
     NeuralVocoderConfig,
 )
-from sqvae_speech.synthesis.neural_train import (
-    Clip,
-    VocoderTrainConfig,
-    load_clips,
-    sample_batch,
-)
+from sqvae_speech.synthesis.neural_data import Clip, load_clips, sample_batch
+from sqvae_speech.synthesis.neural_train import VocoderTrainConfig
 from sqvae_speech.synthesis.vocoders import griffinlim, neural, world, world_analyze
 
 N_UTTS = 4

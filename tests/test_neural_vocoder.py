@@ -1,5 +1,5 @@
 """The neural vocoder (sqvae_speech/synthesis/neural.py) and its training
-(neural_train.py, `sqvae-speech train-vocoder`), on real speech with tiny networks."""
+(neural_data.py and neural_train.py, `sqvae-speech train-vocoder`), on real speech with tiny networks."""
 
 from __future__ import annotations
 
@@ -39,13 +39,8 @@ from sqvae_speech.synthesis.neural import (
     save_vocoder,
     synthesize,
 )
-from sqvae_speech.synthesis.neural_train import (
-    _read_f0_cache,
-    load_clips,
-    resolve_vocoder_config,
-    sample_batch,
-    train_vocoder,
-)
+from sqvae_speech.synthesis.neural_data import _read_f0_cache, load_clips, sample_batch
+from sqvae_speech.synthesis.neural_train import resolve_vocoder_config, train_vocoder
 from sqvae_speech.synthesis.vocoders import deemphasis, neural, peak_limit
 
 FC = FeatureConfig()
@@ -580,7 +575,7 @@ def test_decoded_from_feeds_the_sqvae_reconstructions(voc_data, tmp_path):
     assert (exp / "vocoder.pt").is_file()
     assert "decoded_from" in (exp / "config.yaml").read_text()
     # a clip of a speaker the SQ-VAE was not trained on cannot be reconstructed as its own voice
-    from sqvae_speech.synthesis.neural_train import add_decoded
+    from sqvae_speech.synthesis.neural_data import add_decoded
 
     with pytest.raises(SQVAEError, match="does not know speaker 'nobody'"):
         add_decoded(clips[:1], str(tmp_path / "sqvae"), FC, {clips[0].utt: "nobody"})

@@ -89,7 +89,7 @@ def test_train_vocoder_killed_at_random_moments_resumes_to_the_uninterrupted_res
     assert not (exp / "f0.npz").exists() and list_checkpoints(exp) == []
 
     # 2. Killed part-way through writing the F0 cache: only its temporary file is there.
-    killed_by_fault("sqvae_speech.synthesis.neural_train", "f0.npz", 1, 5000)
+    killed_by_fault("sqvae_speech.synthesis.neural_data", "f0.npz", 1, 5000)
     assert not (exp / "f0.npz").exists() and [p for p in exp.iterdir() if p.name.startswith(".tmp-f0.npz")]
     assert list_checkpoints(exp) == []
 
