@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .config import ExperimentConfig, config_diff
-from .errors import CheckpointError, DiskFullError, SQVAEError
+from .errors import CheckpointError, ConfigError, DiskFullError, SQVAEError
 from .fileio import atomic_torch_save
 
 FORMAT = "sqvae-speech-checkpoint"
@@ -188,6 +188,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'; it is incomplete")
     return ckpt
+
+
+def checkpoint_to_resume(exp_dir: str | Path, resume: bool, kind: str,
+                         hint: str = "") -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, contents) of the newest checkpoint of ``exp_dir`` to continue from, or (None, None).
+
+    A dir that holds checkpoints is refused without ``resume`` (a new run would mix with
+    them), and so is a checkpoint whose ``kind`` is not ``kind`` (another trainer's; ``hint``
+    says what to do instead).
+    """
+    latest = latest_checkpoint(exp_dir)
+    if latest is None:
+        return None, None
+    if not resume:
+        raise ConfigError(f"{exp_dir} already holds checkpoints (newest {latest.name}); pass --resume to continue "
+                          "or choose another --exp")
+    ckpt = load_checkpoint(latest)
+    if ckpt.get("kind") != kind:
+        raise CheckpointError(f"{latest} is not a {kind} checkpoint{hint}")
+    return latest, ckpt
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ExperimentConfig:

@@ -5,12 +5,10 @@ For every row ``source target_speaker output_name`` of a conversion list:
 1. the source's log-mel (from ``--feats``, else computed from its audio), odd T trimmed;
 2. ``model.encode`` (deterministic quantization) and ``model.decode`` with the target
    speaker: ``T - 2`` frames for ``mel[:, 1:-1]``;
-3. a vocoder (:mod:`sqvae_speech.synthesis.vocoders`): Griffin-Lim from the mel alone, WORLD
-   with the F0 and aperiodicity of the source audio, or the trained neural vocoder
-   (:mod:`sqvae_speech.synthesis.neural`, ``--vocoder-model``) with the F0 of the source
-   audio; for WORLD and the neural vocoder F0 is mapped to the target speaker's log-F0
-   statistics (``sqvae-speech f0-stats``; a source speaker missing from them is described
-   by its own utterance's statistics);
+3. a vocoder (:mod:`sqvae_speech.synthesis.vocoders`): Griffin-Lim from the mel alone, or
+   WORLD / the neural vocoder (:mod:`.neural`) with the source audio's F0 mapped to the
+   target speaker's log-F0 statistics (``sqvae-speech f0-stats``; a source speaker missing
+   from them is described by its own utterance's statistics);
 4. ``OUT/<output_name>.wav`` (16 kHz, 16-bit, scaled to the source's RMS loudness and
    peak-limited to 0.99) and ``OUT/<output_name>.png`` (source mel,
    converted mel and, for a reconstruction (target == source speaker), their difference).
@@ -29,6 +27,7 @@ file. The list is read, written and built (``--make-list DATA_DIR ...``) by
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import time
@@ -129,12 +128,9 @@ class Converter:
     def __init__(self, model: Any, config: FeatureConfig, vocoder: str = "world", f0_stats: F0Stats | None = None,
                  f0_method: str | None = None, gl_iters: int = 100, seed: int = 0, device: str = "cpu",
                  f0_norm: str = "speaker", neural_vocoder: Any = None) -> None:
-        if vocoder not in VOCODERS:
-            raise SQVAEError(f"--vocoder must be one of {', '.join(VOCODERS)}, got '{vocoder}'")
+        _check_vocoder(vocoder, neural_vocoder)
         if f0_norm not in F0_NORMS:
             raise SQVAEError(f"--f0-norm must be one of {', '.join(F0_NORMS)}, got '{f0_norm}'")
-        if vocoder == "neural" and neural_vocoder is None:
-            raise SQVAEError("--vocoder neural needs --vocoder-model, the vocoder.pt written by `sqvae-speech train-vocoder`")
         self.f0_norm = f0_norm
         self.model = model.eval().to(device)
         self.config, self.vocoder, self.f0_stats = config, vocoder, f0_stats
@@ -220,16 +216,21 @@ class Converter:
 
     def with_vocoder(self, vocoder: str) -> Converter:
         """The same model, F0 statistics and cached analyses with another vocoder."""
-        other = Converter.__new__(Converter)
-        other.__dict__.update(self.__dict__)
-        if vocoder not in VOCODERS or (vocoder == "neural" and self.neural_vocoder is None):
-            raise SQVAEError(f"cannot compare with vocoder '{vocoder}'" + (" without --vocoder-model" if vocoder == "neural" else ""))
+        _check_vocoder(vocoder, self.neural_vocoder)
+        other = copy.copy(self)  # shares the model and the analysis caches
         other.vocoder = vocoder
         return other
 
     def convert(self, src: Source, target: str) -> tuple[np.ndarray, np.ndarray]:
         mel = self.decode(src.mel, target)
         return self.vocode(src, mel, target, offset=1), mel
+
+
+def _check_vocoder(vocoder: str, neural_vocoder: Any) -> None:
+    if vocoder not in VOCODERS:
+        raise SQVAEError(f"--vocoder must be one of {', '.join(VOCODERS)}, got '{vocoder}'")
+    if vocoder == "neural" and neural_vocoder is None:
+        raise SQVAEError("the neural vocoder needs --vocoder-model, the vocoder.pt written by `sqvae-speech train-vocoder`")
 
 
 def packaged_f0_stats(path: str | Path) -> F0Stats | None:
@@ -289,13 +290,9 @@ def run_conversion(
     model, cfg, step, ckpt = load_model(exp)
     stats = read_f0_stats(f0_stats) if f0_stats else packaged_f0_stats(ckpt)
     others = [v for v in dict.fromkeys(compare_vocoders) if v != vocoder]
-    net = None
-    if "neural" in (vocoder, *others):
-        if vocoder_model is None:
-            raise SQVAEError("the neural vocoder needs --vocoder-model, the vocoder.pt written by `sqvae-speech train-vocoder`")
-        from .neural import load_vocoder
+    from .neural import load_vocoder
 
-        net = load_vocoder(vocoder_model, device)
+    net = load_vocoder(vocoder_model, device) if vocoder_model is not None else None  # Converter says if one is missing
     conv = Converter(model, cfg.features, vocoder, stats, f0_method, gl_iters, seed, device, f0_norm, net)
     extra = [conv.with_vocoder(v) for v in others]
     for n, it in enumerate(items, 1):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import (
-    latest_checkpoint,
+    checkpoint_to_resume,
     load_scheduler_state,
     resume_hint,
     save_checkpoint,
@@ -46,7 +46,7 @@ from ..config import (
     dump_yaml,
     load_yaml,
 )
-from ..errors import CheckpointError, DiskFullError, SQVAEError
+from ..errors import DiskFullError, SQVAEError
 from ..fileio import atomic_write_text
 from ..locks import dir_lock, is_main_process
 from ..trainlog import log_metrics, lossy_stderr, open_event_log, trim_metrics
@@ -139,18 +139,10 @@ def _train(cfg: VocoderExperimentConfig, data_dir: str | Path, feats_dir: str | 
     from accelerate.state import AcceleratorState
     from tqdm import tqdm
 
-    from ..checkpoint import load_checkpoint
-
     tc = cfg.train
-    start_step, ckpt = 0, None
-    latest = latest_checkpoint(exp_dir)
-    if latest is not None and not resume:
-        raise ConfigError(f"{exp_dir} already holds checkpoints (newest {latest.name}); pass --resume to continue "
-                          "or choose another --exp")
-    if latest is not None:
-        ckpt = load_checkpoint(latest)
-        if ckpt.get("kind") != KIND:
-            raise CheckpointError(f"{latest} is not a vocoder checkpoint: train the vocoder into its own --exp dir")
+    start_step = 0
+    latest, ckpt = checkpoint_to_resume(exp_dir, resume, KIND, ": train the vocoder into its own --exp dir")
+    if ckpt is not None:
         if ckpt["config"]["vocoder"] != cfg.vocoder.to_dict():
             raise ConfigError(f"the vocoder settings differ from those of {latest}; resume with the original "
                               "config or train into a new --exp directory")

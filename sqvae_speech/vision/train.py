@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..checkpoint import (
     FORMAT,
     VERSION,
+    checkpoint_to_resume,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -175,15 +176,8 @@ def train(cfg: VisionConfig, exp_dir: str | Path, resume: bool = False, device: 
     exp_dir = Path(exp_dir)
     tc = cfg.train
     dev = resolve_device(device)
-    latest = latest_checkpoint(exp_dir)
-    ckpt = None
-    if latest is not None and not resume:
-        raise ConfigError(f"{exp_dir} already holds checkpoints (newest {latest.name}); pass --resume to continue "
-                          "or choose another --exp")
-    if latest is not None:
-        ckpt = load_checkpoint(latest)
-        if ckpt.get("kind") != KIND:
-            raise CheckpointError(f"{latest} is not a vision checkpoint")
+    latest, ckpt = checkpoint_to_resume(exp_dir, resume, KIND)
+    if ckpt is not None:
         _same_setup(checkpoint_config(ckpt, latest), cfg, latest)
 
     splits = load_splits(cfg.data)
