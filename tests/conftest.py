@@ -76,3 +76,40 @@ def tiny_experiment(**train):
                   "log_every": 1, **train},
     }
     return ExperimentConfig.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- the neural vocoder's tests
+
+
+@pytest.fixture(scope="module")
+def voc_data(speech_files, tmp_path_factory) -> dict:
+    """One real clip of each main voice (2.5-6.3 s): data dir, feature store, F0 cache
+    (for tests/test_neural_vocoder.py and test_train_vocoder.py; helpers in tests/vocoder_setup.py)."""
+    import vocoder_setup as vs
+
+    from sqvae_speech.data.datadir import write_datadir
+    from sqvae_speech.data.extract import extract
+    from sqvae_speech.synthesis.neural_data import load_clips
+
+    root = tmp_path_factory.mktemp("vocoder_data")
+    wav_scp, utt2spk = {}, {}
+    for voice, files in sorted(speech_files.items()):
+        wav_scp[f"{voice}-0"] = str(files[1])
+        utt2spk[f"{voice}-0"] = voice
+    write_datadir(root / "data", wav_scp, utt2spk)
+    extract(root / "data", root / "feats", progress=False)
+    clips, fc = load_clips(root / "data", root / "feats", vs.tiny().train, root / "f0.npz", progress=False)
+    assert fc == vs.FC and len(clips) == 4
+    return {"data": root / "data", "feats": root / "feats", "f0": root / "f0.npz", "clips": clips}
+
+
+@pytest.fixture(scope="module")
+def trained(voc_data, tmp_path_factory) -> Path:
+    """A vocoder experiment trained 12 steps (checkpoints every 4, the newest 2 kept)."""
+    import vocoder_setup as vs
+
+    exp = vs.new_exp(tmp_path_factory.mktemp("trained") / "exp", voc_data)
+    summary = vs.run(vs.tiny(steps=12), voc_data, exp)
+    assert summary["step"] == 12 and summary["vocoder"] == str(exp / "vocoder.pt")
+    return exp
+
