@@ -160,7 +160,8 @@ class Converter:
     def analysis(self, src: Source) -> WorldAnalysis:
         """WORLD F0 / aperiodicity of a source's audio (cached per source)."""
         if src.key not in self._analyses:
-            self._analyses[src.key] = world_analyze(src.wav, self.config, self.f0_method)
+            # the F0 a neural rendering of this source already estimated is not estimated again
+            self._analyses[src.key] = world_analyze(src.wav, self.config, self.f0_method, f0=self._f0s.get(src.key))
         return self._analyses[src.key]
 
     def source_f0(self, src: Source) -> np.ndarray:

@@ -187,14 +187,17 @@ def world_fft_size(config: FeatureConfig | None = None, f0_floor: float = F0_FLO
 
 def world_analyze(
     wav: np.ndarray, config: FeatureConfig | None = None, f0_method: str = "harvest",
-    f0_floor: float = F0_FLOOR, f0_ceil: float = F0_CEIL,
+    f0_floor: float = F0_FLOOR, f0_ceil: float = F0_CEIL, f0: np.ndarray | None = None,
 ) -> WorldAnalysis:
-    """F0 and D4C aperiodicity of a source ``[N]`` at ``config.sample_rate``: ``1 + N // hop`` frames."""
+    """F0 and D4C aperiodicity of a source ``[N]`` at ``config.sample_rate``: ``1 + N // hop`` frames.
+
+    ``f0``: the source's F0 when already estimated (the same ``f0_method``), not estimated again.
+    """
     import pyworld
 
     cfg = config or _DEFAULT
     x = np.ascontiguousarray(wav, dtype=np.float64)
-    f0 = extract_f0(x, cfg, f0_method, f0_floor, f0_ceil)
+    f0 = extract_f0(x, cfg, f0_method, f0_floor, f0_ceil) if f0 is None else np.asarray(f0, dtype=np.float64)
     t = np.arange(f0.size) * cfg.hop_length / cfg.sample_rate
     fft_size = world_fft_size(cfg, f0_floor)
     ap = pyworld.d4c(x, f0, t, cfg.sample_rate, threshold=0.85, fft_size=fft_size)
