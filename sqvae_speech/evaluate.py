@@ -59,6 +59,7 @@ class EvalResult:
     checkpoint: str = ""
     data: str = ""
     seconds: float = 0.0
+    segment_frames: int = 0  # > 0: each utterance in consecutive segments of this many frames (evaluate_model)
 
 
 def read_eval_list(path: str | Path) -> list[tuple[str, str]]:
@@ -104,12 +105,31 @@ def check_items(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tuple[s
 
 
 @torch.no_grad()
+def split_segments(mels: torch.Tensor, lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive ``n``-frame segments of each utterance of a padded batch, each to be
+    evaluated on its own: mels [B, n_mels, T], lengths [B] -> (segments [S, n_mels, n],
+    owners [S], the batch row of each). A tail shorter than ``n`` is left out."""
+    segs, owners = [], []
+    for b, length in enumerate(lengths.tolist()):
+        for start in range(0, length - n + 1, n):
+            segs.append(mels[b, :, start : start + n])
+            owners.append(b)
+    if not segs:
+        return mels.new_zeros((0, mels.shape[1], n)), torch.zeros(0, dtype=torch.long)
+    return torch.stack(segs), torch.tensor(owners, dtype=torch.long)
+
+
 def evaluate_model(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tuple[str, str]],
                    max_frames: int = 8000, device: str | torch.device = "cpu",
-                   progress: bool = False) -> tuple[float, CodebookUsage, dict[str, tuple[float, int]], int]:
+                   progress: bool = False,
+                   segment_frames: int = 0) -> tuple[float, CodebookUsage, dict[str, tuple[float, int]], int]:
     """dB^2 MSE over ``items`` [(utt, speaker)]; returns (mse, usage, per-speaker (sse, frames), frames).
 
     ``max_frames`` bounds padded frames per batch (1 -> one utterance at a time).
+    ``segment_frames`` N > 0: each utterance is cut into consecutive N-frame segments (the
+    tail shorter than N left out), and each segment is encoded and decoded on its own, as
+    the crops of training are: the error at the training crop length (``train.crop_frames``)
+    against the whole-utterance error of N = 0.
     """
     from tqdm import tqdm
 
@@ -127,16 +147,24 @@ def evaluate_model(model: SpeechSQVAE, store: FeatureStore, items: Sequence[tupl
             bad = [u for u, m in zip(batch.utts, mels) if not torch.isfinite(m).all()]
             raise FeatureStoreError(f"features of {', '.join(bad)} in {store.path} contain NaN/inf; re-extract them")
         lengths = batch.lengths.to(device)
+        speakers = batch.speakers.to(device)
+        owners = torch.arange(len(idx))
+        if segment_frames:
+            mels, owners = split_segments(mels, batch.lengths, segment_frames)
+            if not len(owners):
+                continue
+            lengths = torch.full((len(owners),), segment_frames, dtype=torch.long, device=device)
+            speakers = speakers[owners.to(device)]
         enc = model.encode(mels, lengths)
-        out, out_lengths = model.decode(enc.quantized, enc.lengths, batch.speakers.to(device))
+        out, out_lengths = model.decode(enc.quantized, enc.lengths, speakers)
         target = mels[:, :, 1 : 1 + out.shape[-1]]
         valid = torch.arange(out.shape[-1], device=device)[None, :] < out_lengths[:, None]
-        sse = (((out.float() - target.float()) ** 2).sum(1) * valid).sum(1).double().cpu()  # [B]
+        sse = (((out.float() - target.float()) ** 2).sum(1) * valid).sum(1).double().cpu()  # [B] or [S]
         usage.update(enc.indices.cpu())
-        for b, i in enumerate(idx):
-            spk = ds.speaker_names[i]
+        for k, b in enumerate(owners.tolist()):
+            spk = ds.speaker_names[idx[b]]
             s, f = per_spk.get(spk, (0.0, 0))
-            per_spk[spk] = (s + float(sse[b]), f + int(out_lengths[b]))
+            per_spk[spk] = (s + float(sse[k]), f + int(out_lengths[k]))
         total_sse += float(sse.sum())
         total_frames += int(out_lengths.sum())
     n_mels = model.config.n_mels
@@ -157,8 +185,9 @@ def code_bitrate(usage: CodebookUsage, seconds: float) -> float:
 
 def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None = None,
              out: str | Path | None = None, max_frames: int = 8000, device: str | None = None,
-             progress: bool = True) -> EvalResult:
-    """Evaluate a checkpoint on a feature store (all utterances, own speakers) or a list.
+             progress: bool = True, segment_frames: int = 0) -> EvalResult:
+    """Evaluate a checkpoint on a feature store (all utterances, own speakers) or a list;
+    ``segment_frames``: see :func:`evaluate_model`.
 
     Writes ``out`` (default ``EXP/results.json``), holding the lock of its directory
     throughout (module docstring)."""
@@ -170,14 +199,16 @@ def evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Pa
     else:
         results = exp / "results.json"
     with dir_lock(results.parent, "sqvae-speech evaluate"):
-        result = _evaluate(exp_or_ckpt, feats_dir, eval_list, max_frames, device, progress)
+        result = _evaluate(exp_or_ckpt, feats_dir, eval_list, max_frames, device, progress, segment_frames)
         atomic_write_json(results, asdict(result))
     return result
 
 
 def _evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | Path | None, max_frames: int,
-              device: str | None, progress: bool) -> EvalResult:
+              device: str | None, progress: bool, segment_frames: int = 0) -> EvalResult:
     t0 = time.time()
+    if segment_frames and (segment_frames < MIN_FRAMES or segment_frames % 2):
+        raise SQVAEError(f"--segment-frames must be an even number of at least {MIN_FRAMES} frames, got {segment_frames}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, step, ckpt_path = load_model(exp_or_ckpt)
     store = FeatureStore.open(feats_dir, expect_config=cfg.features, expected_by=f"checkpoint {ckpt_path}",
@@ -189,7 +220,9 @@ def _evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | P
         items = [(u, store.speaker(u)) for u in store.utterances]
         source = str(feats_dir)
     check_items(model, store, items, source)
-    mse, usage, per_spk, frames = evaluate_model(model, store, items, max_frames, device, progress)
+    mse, usage, per_spk, frames = evaluate_model(model, store, items, max_frames, device, progress, segment_frames)
+    if frames == 0:
+        raise SQVAEError(f"no utterance of {source} is {segment_frames} frames long: pass a smaller --segment-frames")
     n_mels = cfg.model.n_mels
     seconds = sum(store.frames(u) for u, _ in items) * cfg.features.hop_length / cfg.features.sample_rate
     result = EvalResult(
@@ -198,7 +231,7 @@ def _evaluate(exp_or_ckpt: str | Path, feats_dir: str | Path, eval_list: str | P
         bitrate=code_bitrate(usage, seconds),
         num_codes=codebook_size(model.quantizer), num_utterances=len(items), num_frames=frames,
         per_speaker_mse_db2={s: v[0] * DB_SCALE**2 / (n_mels * max(v[1], 1)) for s, v in sorted(per_spk.items())},
-        checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2),
+        checkpoint=str(ckpt_path), data=source, seconds=round(time.time() - t0, 2), segment_frames=segment_frames,
     )
     return result
 

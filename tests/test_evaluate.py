@@ -50,6 +50,36 @@ def test_batched_mse_equals_the_one_at_a_time_formula(trained, real_featstore):
     assert set(per_spk) == {"cs-m", "cs-v", "nl-m", "nl-v"}
 
 
+def test_segments_equal_the_segments_as_utterances(trained, real_featstore, tmp_path, capsys):
+    """--segment-frames N: each utterance's consecutive N-frame segments, each evaluated on
+    its own, equal a store whose utterances are those segments."""
+    model, cfg, _, _ = load_model(trained)
+    n = 32
+    items, seg_items = [], []
+    for u in real_featstore.utterances:
+        mel = real_featstore[u]
+        items.append((u, real_featstore.speaker(u)))
+        for k, start in enumerate(range(0, mel.shape[1] - n + 1, n)):
+            seg_items.append((f"{u}-{k:03d}", real_featstore.speaker(u), np.ascontiguousarray(mel[:, start : start + n])))
+    seg_items.sort(key=lambda x: x[0])
+    segs = write_featstore(tmp_path / "segs", seg_items, real_featstore.config)
+    ref, _, ref_spk, ref_frames = evaluate_model(model, segs, [(u, s) for u, s, _ in seg_items], max_frames=4000)
+    got, _, got_spk, got_frames = evaluate_model(model, real_featstore, items, max_frames=4000, segment_frames=n)
+    assert got == pytest.approx(ref, rel=1e-5) and got_frames == ref_frames == len(seg_items) * (n - 2)
+    assert {k: v[1] for k, v in got_spk.items()} == {k: v[1] for k, v in ref_spk.items()}
+    whole, _, _, _ = evaluate_model(model, real_featstore, items, max_frames=4000)
+    assert got != pytest.approx(whole, rel=1e-3)  # the segments are another measurement
+    out = tmp_path / "seg.json"
+    assert cli_main(["evaluate", "--exp", str(trained), "--feats", str(real_featstore.path), "--segment-frames", "32",
+                     "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["segment_frames"] == 32 and r["mse_db2"] == pytest.approx(ref, rel=1e-5)
+    assert "in 32-frame segments" in capsys.readouterr().out
+    assert cli_main(["evaluate", "--exp", str(trained), "--feats", str(real_featstore.path), "--segment-frames", "7",
+                     "--out", str(out), "--no-progress"]) == 2
+    assert "--segment-frames must be an even number" in capsys.readouterr().err
+
+
 def test_results_json_and_cli(trained, real_featstore, capsys):
     rc = cli_main(["evaluate", "--exp", str(trained), "--feats", str(real_featstore.path), "--no-progress"])
     assert rc == 0
