@@ -121,6 +121,18 @@ def test_prepare_is_deterministic_and_caps_train_only(
     assert Counter(spk for _, spk in test)["cs-pap"] == 23 // 5
 
 
+def test_relative_sound_dir_gives_absolute_paths(sound_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A sound dir given relative to the working dir (as a recipe's `download` link) still
+    names files that read_datadir finds from its data dir."""
+    (tmp_path / "download").symlink_to(sound_dir)
+    monkeypatch.chdir(tmp_path)
+    ff.prepare("download", "data", max_utts_per_speaker=2)
+    for split in ("train", "test"):
+        paths = [p for _, p in read_table(tmp_path / "data" / split / "wav.scp")]
+        assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
+        read_datadir(tmp_path / "data" / split)  # checks every file exists
+
+
 def test_bad_sound_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SQVAEError, match="does not exist.*download.sh"):
         ff.scan(tmp_path / "missing")

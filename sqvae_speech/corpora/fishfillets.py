@@ -156,8 +156,9 @@ def parse_name(stem: str) -> tuple[str, str]:
 
 
 def resolve_sound_dir(path: str | Path) -> Path:
-    """The sound dir itself, or the one named by ``path/.done`` (a download dir)."""
-    path = Path(path)
+    """The sound dir itself, or the one named by ``path/.done`` (a download dir); absolute,
+    so the data dirs' wav.scp stays valid from any working directory."""
+    path = Path(path).absolute()
     done = path / ".done"
     if done.is_file():
         named = Path(done.read_text(encoding="utf-8").strip())
