@@ -36,10 +36,10 @@ def _stats(path: Path) -> Path:
     return path
 
 
-def build_report_setup(root: Path, real_featstore, speech_files) -> dict[str, Path]:
-    """Held-out data (3 clips of 1.5 s per speaker, audio + features + a phone alignment
-    in 100 ms segments), two tiny models (gaussian_4, vqvae_ema) evaluated on it, and a
-    WORLD conversion by the first."""
+def build_heldout(root: Path, speech_files) -> None:
+    """Held-out data: 3 clips of 1.5 s per speaker, audio (root/data), features
+    (root/feats), a phone alignment in 100 ms segments (root/phones.ctm) and F0
+    statistics (root/f0.json)."""
     cfg = FeatureConfig()
     wav_scp, utt2spk, items, ctm = {}, {}, [], []
     for spk in SPEAKERS:
@@ -55,6 +55,13 @@ def build_report_setup(root: Path, real_featstore, speech_files) -> dict[str, Pa
     write_datadir(root / "data", wav_scp, utt2spk)
     write_featstore(root / "feats", sorted(items), cfg)
     (root / "phones.ctm").write_text("".join(ctm))
+    _stats(root / "f0.json")
+
+
+def build_report_setup(root: Path, real_featstore, speech_files) -> dict[str, Path]:
+    """The held-out data of :func:`build_heldout`, two tiny models (gaussian_4, vqvae_ema)
+    evaluated on it, and a WORLD conversion by the first."""
+    build_heldout(root, speech_files)
     exps = {}
     for variant in ("gaussian_4", "vqvae_ema"):
         exp = root / variant
@@ -65,7 +72,7 @@ def build_report_setup(root: Path, real_featstore, speech_files) -> dict[str, Pa
         exps[variant] = exp
     conv = [ConversionItem(src, tgt, f"{src}__to__{tgt}") for src in ("cs-m_0", "nl-v_0") for tgt in ("cs-v", "nl-m")]
     run_conversion(exps["gaussian_4"], conv, exps["gaussian_4"] / "conversion", "world", feats=root / "feats",
-                   data=root / "data", f0_stats=_stats(root / "f0.json"), progress=False, f0_norm="utterance",
+                   data=root / "data", f0_stats=root / "f0.json", progress=False, f0_norm="utterance",
                    similarity_data=root / "data")
     return {"root": root, **exps}
 

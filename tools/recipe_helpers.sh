@@ -4,8 +4,9 @@
 #   once_with TEXT MARKER CMD..  the same, MARKER recording TEXT (see below)
 #   require_uint NAME...       each option NAME must be a non-negative integer
 #   require_one_of NAME A B..  option NAME must be one of A B ...
-#   train_vocoder_stage CONFIG MODEL  stage 3's neural vocoder (exp/vocoder), half its windows
-#                              decoded by the SQ-VAE MODEL; resumable, skipped once done
+#   train_vocoder_stage CONFIG MODEL  stage 3's neural vocoder ($vocoder_dir, default
+#                              exp/vocoder), half its windows decoded by the SQ-VAE MODEL;
+#                              resumable, skipped once done
 #   vocoder_options VOCODER    convert's vocoder arguments: VOCODER, the others beside it
 # Errors are logged and exit the script (status 1).
 
@@ -59,23 +60,27 @@ once_with() {
 }
 
 # train_vocoder_stage CONFIG MODEL: train the neural vocoder on data/train + feats/train into
-# exp/vocoder (docs/VOCODER.md): log-mel + F0 -> speech, half the windows as MODEL (an
-# SQ-VAE of this recipe) reconstructs them, which is what conversion feeds it. Uses $nj.
+# $vocoder_dir (default exp/vocoder; docs/VOCODER.md): log-mel + F0 -> speech, half the
+# windows as MODEL (an SQ-VAE of this recipe) reconstructs them, which is what conversion
+# feeds it. Uses $nj.
 train_vocoder_stage() {
-  log "Stage 3: train the neural vocoder (exp/vocoder) with $1"
-  once exp/vocoder/.done sqvae-speech train-vocoder --config "$1" --data data/train --feats feats/train \
-    --exp exp/vocoder --decoded-from "$2" --nj "$nj" --resume
+  local dir=${vocoder_dir:-exp/vocoder}
+  log "Stage 3: train the neural vocoder ($dir) with $1"
+  once "$dir/.done" sqvae-speech train-vocoder --config "$1" --data data/train --feats feats/train \
+    --exp "$dir" --decoded-from "$2" --nj "$nj" --resume
 }
 
 # vocoder_options VOCODER: the vocoder arguments of `convert` in stage 5: VOCODER for the
 # conversions, every item also through the other two on the listening page. The neural
-# vocoder needs exp/vocoder/vocoder.pt (stage 3); without it WORLD takes its place, and
-# WORLD is compared with Griffin-Lim only (Griffin-Lim, asked for alone, stays alone).
+# vocoder needs $vocoder_dir/vocoder.pt (stage 3; default exp/vocoder); without it WORLD
+# takes its place, and WORLD is compared with Griffin-Lim only (Griffin-Lim, asked for
+# alone, stays alone).
 vocoder_options() {
-  if [ -f exp/vocoder/vocoder.pt ]; then
-    echo "--vocoder $1 --vocoder-model exp/vocoder/vocoder.pt --compare-vocoders neural,world,griffinlim"
+  local model=${vocoder_dir:-exp/vocoder}/vocoder.pt
+  if [ -f "$model" ]; then
+    echo "--vocoder $1 --vocoder-model $model --compare-vocoders neural,world,griffinlim"
   elif [ "$1" = neural ]; then
-    log "no exp/vocoder/vocoder.pt (stage 3 with --train-vocoder true writes it): converting with WORLD"
+    log "no $model (stage 3 with --train-vocoder true writes it): converting with WORLD"
     echo "--vocoder world --compare-vocoders griffinlim"
   elif [ "$1" = world ]; then
     echo "--vocoder world --compare-vocoders griffinlim"

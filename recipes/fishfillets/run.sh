@@ -22,6 +22,7 @@ steps=0                  # training steps per variant; 0: the config's train.ste
 exp=exp                  # experiment root: one dir per variant (and seed)
 vocoder_config=../conf/vocoder_cpu.yaml  # stage 3: the neural vocoder's config (../conf/vocoder_gpu.yaml on a GPU)
 train_vocoder=true       # stage 3: also train the neural vocoder (exp/vocoder); false: stages 5 and 8 use WORLD / Griffin-Lim only
+vocoder_dir=exp/vocoder  # stages 3, 5, 8: where the neural vocoder is trained and found (e.g. exp_quality/vocoder for conf/quality.yaml)
 convert_per_speaker=2    # stage 5: held-out source utterances per main speaker (each >= 1.5 s if possible)
 vocoder=neural           # stage 5: neural (the vocoder of stage 3), world (F0 from the source, converted to the target) or griffinlim
 f0_norm=utterance        # stage 5: WORLD F0 mapping from each utterance's own log-F0 statistics (utterance) or the source speaker's (speaker)
@@ -33,7 +34,7 @@ report_utts=12           # stage 8: held-out utterances scored for resynthesis, 
 help_message="Usage: $0 [options]
 Stages: 0 corpus (download/), 1 data dirs (data/train, data/test),
 2 features (feats/train, feats/test), 3 train each variant (exp/<variant>, or
-exp/<variant>_seed<N> with --seeds) and the neural vocoder (exp/vocoder/vocoder.pt), 4 evaluate on feats/test and print the comparison,
+exp/<variant>_seed<N> with --seeds) and the neural vocoder (--vocoder-dir, exp/vocoder/vocoder.pt), 4 evaluate on feats/test and print the comparison,
 mean +- std over seeds (exp/RESULTS.md, exp/curves.png),
 5 F0 statistics (feats/train/f0_stats.json) and voice conversion of held-out speech by
 every run, with a listening page (exp/<variant>/conversion/index.html) and speaker similarity,
@@ -177,7 +178,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   opts=""  # the phone-labelled set of stage 6 and the F0 statistics of stage 5, when they exist
   if [ -f data/flite/phones.ctm ]; then opts="--phone-feats feats/flite --alignment data/flite/phones.ctm"; fi
   if [ -f feats/train/f0_stats.json ]; then opts="$opts --f0-stats feats/train/f0_stats.json"; fi
-  if [ -f exp/vocoder/vocoder.pt ]; then opts="$opts --vocoder-model exp/vocoder/vocoder.pt"; fi
+  if [ -f $vocoder_dir/vocoder.pt ]; then opts="$opts --vocoder-model $vocoder_dir/vocoder.pt"; fi
   sqvae-speech report $exps --out $exp/report --data data/test --feats feats/test $opts \
     --resynth-utts $report_utts --nj $nj --no-progress
   log "report: $exp/report/report.html (tables: $exp/report/report.md)"

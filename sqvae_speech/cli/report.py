@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--f0-stats", help="F0 statistics (sqvae-speech f0-stats): conversions' F0 against the target's median")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker probe")
     p.add_argument("--nj", type=int, default=2, help="worker processes for the signal metrics (default 2)")
+    p.add_argument("--curve", action="store_true",
+                   help="the EXPs are checkpoints of one run (one dir each): also tabulate and plot every metric "
+                        "against the training step (steps.png)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise SQVAEError("--vocoders neural needs --vocoder-model, the vocoder.pt of `sqvae-speech train-vocoder`")
     opts = ReportOptions(args.data, args.feats, args.phone_feats, args.alignment, args.resynth_utts,
                          tuple(dict.fromkeys(vocoders)), args.gl_iters, args.ref_per_speaker, args.f0_stats,
-                         args.seed, args.nj, not args.no_progress, args.vocoder_model)
+                         args.seed, args.nj, not args.no_progress, args.vocoder_model, args.curve)
     with dir_lock(args.out, "sqvae-speech report"):
         r = make_report(args.exps, args.out, opts)
     print(f"report of {len(r['experiments'])} experiment(s) in {r['seconds']} s: {args.out}/report.html "

@@ -244,6 +244,13 @@ def blocks(report: dict[str, Any], out: Path, figures: dict[str, str]) -> list[B
         b += [("h", 2, "Speaker probe"), ("table", ["experiment", "from z", "from z_q", "chance", "test frames"], rows),
               ("p", ("In brackets: the same probe trained on speaker labels shuffled across utterances, a control that "
                     "should land near chance."))]
+    if opts.get("curve"):
+        from .curve import curve_table
+
+        header, rows = curve_table(report)
+        b += [("h", 2, "Against training steps"), ("table", header, rows),
+              ("p", ("The same run at each checkpoint: held-out dB^2 MSE, the reconstruction through the first vocoder "
+                    "of the resynthesis table, and its conversions (figure steps.png)."))]
     conv = [e for e in exps if e.get("conversion")]
     if conv:
         rows = [[e["name"], e["conversion"]["vocoder"] or "", _fmt(e["conversion"]["sim_target"], ".3f"),
@@ -326,7 +333,7 @@ def render_html(bl: list[Block], title: str) -> str:
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
     """Figures, ``report.json``, ``report.md`` and ``report.html`` into ``out_dir``."""
-    from ..cli.compare import plot_curves
+    from ..cli.compare import plot_curves, read_metrics
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,8 +346,14 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
             name = f"phones_{_file_name(e['name'])}.png"
             plot_phone_heatmap(uq, f"{e['name']}: P(phone | code), PNMI {uq.pnmi:.3f}", out / name)
             figures[name] = f"phone x code heatmap, {e['name']}"
-    plot_curves([e["exp"] for e in report["experiments"]], out / "curves.png")
-    figures["curves.png"] = "training curves"
+    if report["options"].get("curve"):
+        from .curve import plot_curve
+
+        plot_curve(report, out / "steps.png")
+        figures["steps.png"] = "metrics against the training step"
+    if any(read_metrics(e["exp"]) for e in report["experiments"]):  # not for checkpoints copied out of a run
+        plot_curves([e["exp"] for e in report["experiments"]], out / "curves.png")
+        figures["curves.png"] = "training curves"
     atomic_write_json(out / "report.json", report)
     bl = blocks(report, out, figures)
     atomic_write_text(out / "report.md", render_md(bl))

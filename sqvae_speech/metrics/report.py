@@ -44,6 +44,7 @@ class ReportOptions:
     nj: int = 2  # worker processes for the signal metrics
     progress: bool = True
     vocoder_model: str | None = None  # the neural vocoder file, for vocoders "neural"
+    curve: bool = False  # the experiments are checkpoints of one run: metrics against the step (curve.py)
 
 
 def _read_json(path: Path) -> Any:
@@ -108,6 +109,8 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
     exp_paths = [Path(e) for e in exps]
     if not exp_paths:
         raise SQVAEError("report: name at least one experiment dir")
+    if opts.curve and len(exp_paths) < 2:
+        raise SQVAEError("--curve needs two or more checkpoints of one run, one experiment dir each")
     results = {str(e): check_experiment(e) for e in exp_paths}
     alignment = None
     if bool(opts.phone_feats) != bool(opts.alignment):
@@ -117,6 +120,10 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
         alignment = read_alignment(opts.alignment)
     dd = read_datadir(opts.data)
     models = {name: load_model(e) for name, e in zip(_names(exp_paths), exp_paths)}
+    if opts.curve:
+        from .curve import check_curve
+
+        check_curve({"experiments": [{"variant": m.config.model.variant, "step": m.step} for m in models.values()]})
     first = next(iter(models.values()))
     cfg = first.features
     store = FeatureStore.open(opts.feats, expect_config=cfg)
