@@ -71,6 +71,7 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     pts = curve_points(report)
     steps = np.array([p["step"] for p in pts], dtype=float)
@@ -92,7 +93,9 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.set_xscale("log")
-        ax.grid(alpha=0.3, which="both")
+        ax.set_xticks(steps, [f"{s / 1000:g}k" if s >= 1000 else f"{s:g}" for s in steps], fontsize=8, rotation=45)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=8)
     axes[3].set_ylim(0, 1.05)
