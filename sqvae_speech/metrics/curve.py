@@ -25,12 +25,12 @@ COLUMNS = (("step", "step", "d"), ("mse_db2", "dB^2 MSE", ".2f"), ("used_codes",
            ("closer_share", "closer to target", ".2f"))
 
 
-def check_curve(report: dict[str, Any]) -> None:
-    """SQVAEError unless the experiments are distinct steps of one model (one variant)."""
-    exps = report["experiments"]
-    variants = sorted({e["variant"] for e in exps})
-    steps = [e["step"] for e in exps]
-    if len(exps) < 2 or len(variants) != 1 or len(set(steps)) != len(steps):
+def check_curve(models: list[tuple[str, int]]) -> None:
+    """SQVAEError unless the experiments, (variant, step) each, are two or more distinct
+    steps of one model (one variant)."""
+    variants = sorted({v for v, _ in models})
+    steps = [s for _, s in models]
+    if len(models) < 2 or len(variants) != 1 or len(set(steps)) != len(steps):
         raise SQVAEError("--curve draws the metrics of one training run against its step: pass two or more checkpoints "
                          f"of one run at different steps (got variants {', '.join(variants)} at steps "
                          f"{', '.join(map(str, steps))}); recipes/fishfillets/local/learning_curve.sh makes them")

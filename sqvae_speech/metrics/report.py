@@ -109,8 +109,6 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
     exp_paths = [Path(e) for e in exps]
     if not exp_paths:
         raise SQVAEError("report: name at least one experiment dir")
-    if opts.curve and len(exp_paths) < 2:
-        raise SQVAEError("--curve needs two or more checkpoints of one run, one experiment dir each")
     results = {str(e): check_experiment(e) for e in exp_paths}
     alignment = None
     if bool(opts.phone_feats) != bool(opts.alignment):
@@ -123,7 +121,7 @@ def make_report(exps: Sequence[str | Path], out_dir: str | Path, opts: ReportOpt
     if opts.curve:
         from .curve import check_curve
 
-        check_curve({"experiments": [{"variant": m.config.model.variant, "step": m.step} for m in models.values()]})
+        check_curve([(m.config.model.variant, m.step) for m in models.values()])
     first = next(iter(models.values()))
     cfg = first.features
     store = FeatureStore.open(opts.feats, expect_config=cfg)
